@@ -1,0 +1,172 @@
+"""Run settings: keyword arguments validated by name, environment read in one place."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+NamePolicy = Literal["warn", "strict", "off"]
+Mode = Literal["offline", "online", "disabled"]
+QueuePolicy = Literal["block", "drop_newest"]
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off", ""}
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything about a run that is not its identity.
+
+    Pass as ``init(settings={...})`` or ``init(settings=Settings(...))``; each
+    field also reads an environment variable (below), which explicit values
+    override.
+    """
+
+    #: What to do with a metric name outside ``^[_a-zA-Z][_a-zA-Z0-9]*`` (``/``
+    #: separated): warn once per name, raise ``ValueError``, or accept silently.
+    #: ``RUNBUS_NAME_POLICY``.
+    name_policy: NamePolicy = "warn"
+    #: Seconds between automatic flushes of every sink (fsync for the disk sink).
+    #: ``RUNBUS_FLUSH_INTERVAL``.
+    flush_interval: float = 1.0
+    #: Print nothing to the terminal (the stdout sink stays silent). ``RUNBUS_QUIET``.
+    quiet: bool = False
+    #: Extra sinks by entry point name (group ``runbus.sinks``), comma separated
+    #: in ``RUNBUS_SINKS``.
+    sinks: tuple[str, ...] = ()
+    #: Log calls held for the pipeline before ``log()`` waits for it to catch up
+    #: (from plain threads only; memory stays bounded). ``RUNBUS_MAX_BACKLOG``.
+    max_backlog: int = 8192
+    #: Batches each sink's queue holds before its policy applies.
+    queue_size: int = 16
+    #: Seconds each sink gets to flush and close at finish before it is abandoned.
+    #: ``RUNBUS_SINK_TIMEOUT``.
+    sink_timeout: float = 30.0
+    #: Attempts of a failing sink write or flush before the sink is stopped.
+    max_retries: int = 3
+    #: zlib-compress event log frames (smaller files, more CPU). ``RUNBUS_COMPRESS``.
+    compress: bool = False
+
+    def __post_init__(self) -> None:
+        if self.name_policy not in ("warn", "strict", "off"):
+            raise ValueError(
+                f"settings.name_policy must be 'warn', 'strict' or 'off', not {self.name_policy!r}"
+            )
+        _positive("flush_interval", self.flush_interval)
+        _positive("sink_timeout", self.sink_timeout)
+        for name in ("max_backlog", "queue_size", "max_retries"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"settings.{name} must be a positive integer, not {value!r}")
+        if not all(isinstance(s, str) and s for s in self.sinks):
+            raise ValueError(f"settings.sinks must be entry point names, not {self.sinks!r}")
+
+    @classmethod
+    def resolve(cls, given: Settings | Mapping[str, Any] | None = None) -> Settings:
+        """Defaults, then the environment, then ``given`` (which wins)."""
+        values: dict[str, Any] = _from_env()
+        if isinstance(given, Settings):
+            explicit = {
+                f.name: getattr(given, f.name)
+                for f in dataclasses.fields(cls)
+                if getattr(given, f.name) != f.default
+            }
+            values.update(explicit)
+        elif given is not None:
+            if not isinstance(given, Mapping):
+                raise TypeError(
+                    f"settings must be a pipeline.Settings or a dict, not {type(given).__name__}"
+                )
+            known = {f.name for f in dataclasses.fields(cls)}
+            unknown = sorted(set(given) - known)
+            if unknown:
+                raise ValueError(
+                    f"unknown setting(s) {', '.join(map(repr, unknown))}; "
+                    f"known settings: {', '.join(sorted(known))}"
+                )
+            values.update(given)
+        if "sinks" in values and isinstance(values["sinks"], list | str):
+            raw = values["sinks"]
+            values["sinks"] = tuple(
+                s.strip() for s in (raw.split(",") if isinstance(raw, str) else raw) if s.strip()
+            )
+        return cls(**values)
+
+
+def _positive(name: str, value: object) -> None:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+        raise ValueError(f"settings.{name} must be a positive number of seconds, not {value!r}")
+
+
+def _env_bool(var: str) -> bool | None:
+    raw = os.environ.get(var)
+    if raw is None:
+        return None
+    low = raw.strip().lower()
+    if low in _TRUE:
+        return True
+    if low in _FALSE:
+        return False
+    raise ValueError(f"${var}={raw!r} is not a boolean; use 1/0, true/false, yes/no or on/off")
+
+
+def _env_number(var: str, kind: type[int] | type[float]) -> int | float | None:
+    raw = os.environ.get(var)
+    if raw is None or not raw.strip():
+        return None
+    try:
+        return kind(raw)
+    except ValueError:
+        raise ValueError(f"${var}={raw!r} is not a {kind.__name__}") from None
+
+
+def _from_env() -> dict[str, Any]:
+    found: dict[str, Any] = {}
+    if (policy := os.environ.get("RUNBUS_NAME_POLICY")) is not None:
+        found["name_policy"] = policy.strip().lower()
+    for key, var, kind in (
+        ("flush_interval", "RUNBUS_FLUSH_INTERVAL", float),
+        ("sink_timeout", "RUNBUS_SINK_TIMEOUT", float),
+        ("max_backlog", "RUNBUS_MAX_BACKLOG", int),
+    ):
+        if (num := _env_number(var, kind)) is not None:
+            found[key] = num
+    for key, var in (("quiet", "RUNBUS_QUIET"), ("compress", "RUNBUS_COMPRESS")):
+        if (flag := _env_bool(var)) is not None:
+            found[key] = flag
+    if (sinks := os.environ.get("RUNBUS_SINKS")) is not None:
+        found["sinks"] = sinks
+    return found
+
+
+def runs_dir(given: str | os.PathLike[str] | None) -> Path:
+    """Where runs go: ``dir=``, else ``$RUNBUS_DIR``, else ``./runs``."""
+    if given is not None:
+        return Path(given)
+    env = os.environ.get("RUNBUS_DIR")
+    return Path(env) if env else Path("runs")
+
+
+def run_mode(given: str | None, server: str | None) -> Mode:
+    """``mode=``, else ``$RUNBUS_MODE``, else online when a server is configured."""
+    mode = given if given is not None else os.environ.get("RUNBUS_MODE")
+    if mode is None:
+        return "online" if server else "offline"
+    mode = mode.strip().lower()
+    if mode not in ("offline", "online", "disabled"):
+        raise ValueError(f"mode must be 'offline', 'online' or 'disabled', not {mode!r}")
+    return mode  # type: ignore[return-value]
+
+
+def server_url(given: str | None) -> str | None:
+    """``server=``, else ``$RUNBUS_SERVER``."""
+    return given if given is not None else (os.environ.get("RUNBUS_SERVER") or None)
+
+
+def api_key(given: str | None) -> str | None:
+    """``api_key=``, else ``$RUNBUS_API_KEY``."""
+    return given if given is not None else (os.environ.get("RUNBUS_API_KEY") or None)

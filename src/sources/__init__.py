@@ -1,0 +1,1 @@
+"""Sources: what emits events besides the bus itself (user calls, samplers, probes)."""
