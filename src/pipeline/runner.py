@@ -84,10 +84,6 @@ def _is_control(item: ev.Item) -> bool:
     return item.kind in ("flush", "barrier", "stop")
 
 
-def _count_data(batch: list[ev.Item]) -> int:
-    return sum(1 for i in batch if not _is_control(i))
-
-
 class SinkRunner:
     """Runs one sink on the bus's loop."""
 
@@ -130,11 +126,9 @@ class SinkRunner:
         try:
             self._send.send_nowait(batch)
         except anyio.WouldBlock:
-            self.stats.dropped += _count_data(batch)
-            controls = [i for i in batch if _is_control(i)]
-            if controls:
-                # Controls must arrive (a flush waits on them); they wait for room.
-                await self._send.send(controls)
+            # A sink that cannot keep up is not waited for, not even by a flush:
+            # what it dropped it cannot flush anyway.
+            self._discard(batch)
 
     def close_input(self) -> None:
         """End of stream: the runner drains what is queued, then closes the sink."""
