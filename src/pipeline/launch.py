@@ -14,14 +14,13 @@ import threading
 import time
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
-from importlib.metadata import entry_points
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
 from pipeline import __version__
 from pipeline.reader import Replay, read_log
-from pipeline.run import Run, _remember, live_runs
+from pipeline.run import Run, _config_values, _remember, live_runs
 from pipeline.runinfo import RunInfo
 from pipeline.runner import SinkSpec
 from pipeline.settings import Settings, api_key, run_mode, runs_dir, server_url
@@ -169,6 +168,8 @@ def init(
     run_mode_ = run_mode(mode, srv)
     root = runs_dir(dir)
     extra_sinks = _specs(sinks)
+    # Before anything is created: a bad config must not leave a run directory behind.
+    config = _config_values(config) if config is not None else None
 
     run_id = id or new_id()
     previous = find_run_dir(root, run_id) if id is not None else None
@@ -201,9 +202,11 @@ def init(
         )
     disabled = run_mode_ == "disabled"
     if not disabled:
+        from sinks.disk import prepare_run_dir
+
         try:
             # The directory exists when init() returns, so users can save files into it.
-            run_dir.mkdir(parents=True, exist_ok=True)
+            prepare_run_dir(run_dir)
         except OSError as exc:
             log.warning(
                 "runbus: cannot create the run directory %s (%s); the run goes on without "
@@ -284,6 +287,8 @@ def _builtin_sinks(info: RunInfo, settings: Settings) -> list[SinkSpec]:
     if terminal is not None:
         specs.append(SinkSpec(terminal, policy="drop_newest"))
     if settings.sinks:
+        from importlib.metadata import entry_points  # only plugin users pay for this import
+
         found = {ep.name: ep for ep in entry_points(group="runbus.sinks")}
         for sink_name in settings.sinks:
             if sink_name in ("disk", "stdout"):

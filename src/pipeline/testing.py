@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import anyio.to_thread
 
 from pipeline import events as ev
 from pipeline.runinfo import RunInfo
@@ -59,9 +60,7 @@ class MemorySink:
     def rows(self) -> list[dict[str, Any]]:
         """History rows received, as ``{"_step": ..., **data}``."""
         return [
-            {"_step": e.step, **e.data}
-            for e in self.of_kind("row")
-            if isinstance(e, ev.HistoryRow)
+            {"_step": e.step, **e.data} for e in self.of_kind("row") if isinstance(e, ev.HistoryRow)
         ]
 
 
@@ -135,8 +134,9 @@ class SlowSink(MemorySink):
         """Wait, then append."""
         if self.delay > 0:
             await anyio.sleep(self.delay)
-        while not self.gate.is_set():
-            await anyio.sleep(0.01)
+        if not self.gate.is_set():
+            # Released from the test's thread, so wait for it off the loop.
+            await anyio.to_thread.run_sync(self.gate.wait)
         await super().write(batch)
 
     def release(self) -> None:
@@ -190,7 +190,8 @@ async def check_sink(
         made = factory(info)
         sink = await made if isinstance(made, Awaitable) else made
         assert isinstance(sink, Sink), f"{sink!r} does not implement the Sink protocol"
-        assert isinstance(sink.name, str) and sink.name, "a sink needs a non-empty name"
+        assert isinstance(sink.name, str), "a sink's name must be a str"
+        assert sink.name, "a sink needs a non-empty name"
         await sink.open(info)
         await sink.flush()  # nothing written yet
         await sink.write([])
@@ -207,7 +208,9 @@ async def check_sink(
                 await call()
             except SinkClosedError:
                 continue
-            raise AssertionError(f"{sink.name}: write/flush after aclose must raise SinkClosedError")
+            raise AssertionError(
+                f"{sink.name}: write/flush after aclose must raise SinkClosedError"
+            )
 
 
 class _FutureEvent:

@@ -128,7 +128,7 @@ class DiskSink:
     # -- file work (worker thread) ---------------------------------------------
 
     def _open_sync(self) -> None:
-        self.dir.mkdir(parents=True, exist_ok=True)
+        prepare_run_dir(self.dir)
         path = self.dir / EVENTS_FILE
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o644)
         try:
@@ -145,20 +145,6 @@ class DiskSink:
         self._out_fd = os.open(
             self.dir / "output.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o644
         )
-        self._point_latest()
-
-    def _point_latest(self) -> None:
-        parent = self.dir.parent
-        tmp = parent / f".{LATEST}.{os.getpid()}.{self.dir.name}"
-        try:
-            with contextlib.suppress(FileNotFoundError):
-                tmp.unlink()
-            tmp.symlink_to(self.dir.name)
-            os.replace(tmp, parent / LATEST)
-        except OSError:
-            # A convenience link only: a filesystem without symlinks is fine.
-            with contextlib.suppress(OSError):
-                tmp.unlink()
 
     def _append_frames(self, events: list[ev.Event]) -> None:
         if self._fd is None:
@@ -196,6 +182,29 @@ class DiskSink:
                 setattr(self, attr, None)
                 with contextlib.suppress(OSError):
                     os.close(fd)
+
+
+def prepare_run_dir(run_dir: Path) -> None:
+    """Create the run directory, an empty ``events.log`` and the ``latest-run`` link.
+
+    ``init()`` calls this before it returns, so a run killed at once still
+    leaves a directory that ``read_run`` and ``runbus ls`` recognise.
+    Idempotent; raises ``OSError`` when the directory cannot be made.
+    """
+    run_dir.mkdir(parents=True, exist_ok=True)
+    fd = os.open(run_dir / EVENTS_FILE, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    os.close(fd)
+    parent = run_dir.parent
+    tmp = parent / f".{LATEST}.{os.getpid()}.{run_dir.name}"
+    try:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        tmp.symlink_to(run_dir.name)
+        os.replace(tmp, parent / LATEST)
+    except OSError:
+        # A convenience link only: a filesystem without symlinks is fine.
+        with contextlib.suppress(OSError):
+            tmp.unlink()
 
 
 def _append(fd: int, data: bytes, path: Path) -> None:
