@@ -203,7 +203,11 @@ async def check_sink(
         await sink.flush()
         await sink.aclose()
         await sink.aclose()
-        for call in (lambda: sink.write(sample_events()[:1]), sink.flush):
+        calls: list[Callable[[], Awaitable[None]]] = [
+            lambda: sink.write(sample_events()[:1]),
+            sink.flush,
+        ]
+        for call in calls:
             try:
                 await call()
             except SinkClosedError:
