@@ -201,20 +201,6 @@ def init(
             stacklevel=2,
         )
     disabled = run_mode_ == "disabled"
-    if not disabled:
-        from sinks.disk import prepare_run_dir
-
-        try:
-            # The directory exists when init() returns, so users can save files into it.
-            prepare_run_dir(run_dir)
-        except OSError as exc:
-            log.warning(
-                "runbus: cannot create the run directory %s (%s); the run goes on without "
-                "its disk sink. Set dir= or $RUNBUS_DIR to a writable directory.",
-                run_dir,
-                exc.strerror or exc,
-            )
-
     info = RunInfo(
         id=run_id,
         name=name,
@@ -229,6 +215,22 @@ def init(
         last_seq=replay.last_seq if replay else 0,
     )
     specs = [] if disabled else _builtin_sinks(info, resolved) + extra_sinks
+    if not disabled:
+        from sinks.disk import DiskSink, prepare_run_dir
+
+        try:
+            # The directory exists when init() returns, so users can save files into it.
+            prepare_run_dir(run_dir)
+        except OSError as exc:
+            log.warning(
+                "runbus: cannot create the run directory %s (%s); the run goes on without "
+                "its disk sink. Set dir= or $RUNBUS_DIR to a writable directory.",
+                run_dir,
+                exc.strerror or exc,
+            )
+            # Reported once here; the disk sink would only fail again on open.
+            specs = [s for s in specs if not isinstance(s.sink, DiskSink)]
+
     metadata = _start_metadata(info, run_mode_, start, replay)
     run = Run(
         info=info,
