@@ -287,7 +287,9 @@ def _builtin_sinks(info: RunInfo, settings: Settings) -> list[SinkSpec]:
     specs = [SinkSpec(DiskSink.from_run(info))]
     terminal = StdoutSink.from_run(info)
     if terminal is not None:
-        specs.append(SinkSpec(terminal, policy="drop_newest"))
+        # Block, not drop: it writes a line at start and a table at finish, and
+        # dropping its Summary or Finish would print a wrong ending.
+        specs.append(SinkSpec(terminal))
     if settings.sinks:
         from importlib.metadata import entry_points  # only plugin users pay for this import
 

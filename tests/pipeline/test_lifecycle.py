@@ -139,7 +139,7 @@ def test_a_sink_plugin_is_found_through_its_entry_point(tmp_path: Path) -> None:
 
 
 def test_an_unknown_sink_plugin_name_is_a_clear_error(tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match="'nosuch'.*runbus.sinks"):
+    with pytest.raises(ValueError, match=r"'nosuch'.*runbus\.sinks"):
         pipeline.init(project="p", dir=tmp_path, settings={"sinks": ["nosuch"], "quiet": True})
 
 
