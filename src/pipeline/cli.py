@@ -16,6 +16,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
+from pipeline.reader import is_run_dir, list_run_dirs, run_id_of
 from pipeline.render import (
     format_duration,
     format_value,
@@ -56,17 +57,6 @@ def _read(path: Path) -> RunData:
         raise CliError(f"cannot read run directory {path}: {exc}") from exc
 
 
-def _run_dirs(root: Path) -> list[Path]:
-    """``run-*`` directories under ``root``, newest first by their timestamped names."""
-    return sorted((p for p in root.glob("run-*") if p.is_dir()), key=lambda p: p.name, reverse=True)
-
-
-def _id_of(path: Path) -> str:
-    """The run id in a ``run-<YYYYmmdd_HHMMSS>-<id>`` directory name."""
-    parts = path.name.split("-", 2)
-    return parts[2] if len(parts) == 3 else ""
-
-
 def _local_time(ts: float | None) -> str:
     if ts is None:
         return "-"
@@ -101,11 +91,6 @@ def _series(history: Sequence[Mapping[str, Any]]) -> dict[str, list[float | None
                 f = float("inf") if v > 0 else float("-inf")
             out.setdefault(k, []).append(f)
     return out
-
-
-def _looks_like_run(path: Path) -> bool:
-    """A run directory, or a runs directory whose latest run the reader will pick."""
-    return (path / "events.log").is_file() or (path / "latest-run" / "events.log").is_file()
 
 
 class _Runs:
@@ -146,7 +131,7 @@ class _Runs:
                 return latest.resolve()
             raise CliError(f"no latest run under {base} (no {latest})")
         as_path = Path(ref)
-        if as_path.is_dir() and _looks_like_run(as_path):
+        if as_path.is_dir() and is_run_dir(as_path):
             return as_path
         if os.sep in ref or (os.altsep and os.altsep in ref):
             # Clearly meant as a path: looking it up as an id would only confuse.
@@ -157,11 +142,11 @@ class _Runs:
                 f"no run {ref!r}: it is not a run directory, and the runs directory {base}"
                 " does not exist (pass --dir or set $RUNBUS_DIR)"
             )
-        dirs = _run_dirs(base)
-        exact = [p for p in dirs if ref in (p.name, _id_of(p))]
+        dirs = list_run_dirs(base)
+        exact = [p for p in dirs if ref in (p.name, run_id_of(p))]
         if len(exact) == 1:
             return exact[0]
-        matches = exact or [p for p in dirs if _id_of(p).startswith(ref)]
+        matches = exact or [p for p in dirs if run_id_of(p).startswith(ref)]
         if not matches:
             # Names live inside the run, so only now read each one.
             matches = [p for p in dirs if self.name(p) == ref]
@@ -200,7 +185,7 @@ def _cmd_ls(args: argparse.Namespace, out: TextIO) -> int:
         raise CliError(f"no runs directory at {root} (pass DIR or set $RUNBUS_DIR)")
     if not root.is_dir():
         raise CliError(f"{root} is not a directory")
-    dirs = _run_dirs(root)
+    dirs = list_run_dirs(root)
     if not dirs:
         print(f"no runs in {root}", file=out)
         return 0
@@ -211,7 +196,7 @@ def _cmd_ls(args: argparse.Namespace, out: TextIO) -> int:
         except CliError as exc:
             # One damaged run must not hide the others.
             print(f"{_PROG}: warning: {exc}", file=sys.stderr)
-            found.append((0.0, path.name, [path.name, _id_of(path), "unreadable"]))
+            found.append((0.0, path.name, [path.name, run_id_of(path), "unreadable"]))
             continue
         summary = [(k, v) for k, v in sorted(data.summary.items()) if not k.startswith("_")]
         values = " ".join(_ls_value(k, v) for k, v in summary[:3])

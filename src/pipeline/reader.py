@@ -130,14 +130,19 @@ class Replay:
                 self.finished = True
                 self.exit_code = e.exit_code  # type: ignore[union-attr]
 
-    def summary(self) -> SummaryStage:
+    def summary(self, *, open_rows: bool = True) -> SummaryStage:
         """A summary stage that has seen every row, definition and override."""
         stage = SummaryStage(self.run_id, Sequencer())
-        self.restore_summary(stage)
+        self.restore_summary(stage, open_rows=open_rows)
         return stage
 
-    def restore_summary(self, stage: SummaryStage) -> None:
-        """Replay into ``stage`` (the live run's, when resuming)."""
+    def restore_summary(self, stage: SummaryStage, *, open_rows: bool = True) -> None:
+        """Replay into ``stage`` (the live run's, when resuming).
+
+        ``open_rows``: count a row that was flushed but never committed. A live
+        run has not counted it yet; for a crashed or resumed run it is all
+        there is of that step.
+        """
         final = set()
         for e in self.order:
             if e.kind == "row":
@@ -147,7 +152,8 @@ class Replay:
                 stage.define(e)  # type: ignore[arg-type]
             elif e.kind == "summary_set":
                 stage.override(e.values, e.deleted)  # type: ignore[union-attr]
-        # A row a crash left open counts as written: it is all there is.
+        if not open_rows:
+            return
         for step in sorted(self.rows):
             row = self.rows[step]
             if row.kind == "partial" and step not in final:
@@ -184,13 +190,23 @@ class Replay:
 
 def read_log(path: Path) -> ReadResult:
     """Parse a run directory's ``events.log``."""
-    return read_events((path / EVENTS_FILE).read_bytes(), _id_from_dirname(path.name))
+    return read_events((path / EVENTS_FILE).read_bytes(), run_id_of(path))
 
 
-def _id_from_dirname(name: str) -> str:
-    # run-<YYYYmmdd_HHMMSS>-<id>
-    parts = name.split("-", 2)
+def run_id_of(path: Path) -> str:
+    """The run id in a ``run-<YYYYmmdd_HHMMSS>-<id>`` directory name ("" if not one)."""
+    parts = path.name.split("-", 2)
     return parts[2] if len(parts) == 3 and parts[0] == "run" else ""
+
+
+def is_run_dir(path: Path) -> bool:
+    """A run directory, or a runs directory with a ``latest-run`` link to one."""
+    return (path / EVENTS_FILE).is_file() or (path / "latest-run" / EVENTS_FILE).is_file()
+
+
+def list_run_dirs(root: Path) -> list[Path]:
+    """``run-*`` directories under ``root``, newest first (their names start with the time)."""
+    return sorted((p for p in root.glob("run-*") if p.is_dir()), key=lambda p: p.name, reverse=True)
 
 
 def resolve_run_dir(path: str | os.PathLike[str]) -> Path:
@@ -216,7 +232,7 @@ def read_run(path: str | os.PathLike[str]) -> RunData:
     """
     run_dir = resolve_run_dir(path)
     found = read_log(run_dir)
-    run_id = _id_from_dirname(run_dir.name)
+    run_id = run_id_of(run_dir)
     replay = Replay(run_id)
     replay.feed(found.events)
     meta = replay.metadata
@@ -242,7 +258,8 @@ def read_run(path: str | os.PathLike[str]) -> RunData:
         project=str(meta.get("project", "")),
         state=state,
         config=dict(replay.config),
-        summary=replay.summary().snapshot(),
+        # A live run's summary counts an open row only once it is committed.
+        summary=replay.summary(open_rows=state != "running").snapshot(),
         metadata=meta,
         history=replay.history(),
         system=[{"_timestamp": s.ts, "_runtime": s.runtime, **s.values} for s in replay.stats],

@@ -20,6 +20,7 @@ from collections.abc import Callable
 from typing import Any
 
 from pipeline import events as ev
+from pipeline.matching import NameMatcher
 
 #: Refused calls warned about one by one; the rest are only counted.
 MAX_STEP_WARNINGS = 20
@@ -56,10 +57,8 @@ class StepMerger:
         self.refused = 0
         self._reported_refused = 0
         self.rows = 0
-        # step_sync: metric name (or glob prefix) -> its step metric
-        self._sync_exact: dict[str, str] = {}
-        self._sync_globs: list[tuple[str, str]] = []
-        self._sync_cache: dict[str, str | None] = {}
+        # step_sync: metric name (or glob) -> its step metric
+        self._sync: NameMatcher[str] = NameMatcher()
         self._step_values: dict[str, Any] = {}
         self._step_metrics: frozenset[str] = frozenset()
 
@@ -111,7 +110,7 @@ class StepMerger:
         self.row = None
         self.row_dirty = False
         if row:
-            if self._sync_exact or self._sync_globs:
+            if self._sync:
                 self._step_sync(row)
             ts = self.row_ts
             emit(
@@ -132,7 +131,7 @@ class StepMerger:
     def _emit_partial(self, emit: Callable[[ev.Item], None]) -> None:
         assert self.row is not None
         row = dict(self.row)
-        if self._sync_exact or self._sync_globs:
+        if self._sync:
             self._step_sync(row)
         ts = self.row_ts
         emit(
@@ -169,38 +168,15 @@ class StepMerger:
     def _define(self, m: ev.MetricDef) -> None:
         if m.step_metric is None or not m.step_sync:
             return
-        if m.name.endswith("*"):
-            self._sync_globs.append((m.name[:-1], m.step_metric))
-            self._sync_globs.sort(key=lambda g: -len(g[0]))
-        else:
-            self._sync_exact[m.name] = m.step_metric
-        self._sync_cache.clear()
-        self._step_metrics = frozenset(self._sync_exact.values()) | {
-            sm for _, sm in self._sync_globs
-        }
-
-    def _step_metric_of(self, key: str) -> str | None:
-        try:
-            return self._sync_cache[key]
-        except KeyError:
-            pass
-        found = self._sync_exact.get(key)
-        if found is None:
-            for prefix, sm in self._sync_globs:
-                if key.startswith(prefix):
-                    found = sm
-                    break
-        if found == key:
-            found = None
-        self._sync_cache[key] = found
-        return found
+        self._sync.set(m.name, m.step_metric)
+        self._step_metrics = frozenset(self._sync.values())
 
     def _step_sync(self, row: dict[str, Any]) -> None:
         values = self._step_values
         missing: list[str] = []
         for key in row:
-            sm = self._step_metric_of(key)
-            if sm is not None and sm not in row and sm in values:
+            sm = self._sync.get(key)
+            if sm is not None and sm != key and sm not in row and sm in values:
                 missing.append(sm)
         for sm in missing:
             row[sm] = values[sm]

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from pipeline import events as ev
+from pipeline.matching import NameMatcher
 from pipeline.steps import Sequencer
 
 AGGREGATIONS = ("min", "max", "mean", "first", "last", "best", "none")
@@ -118,9 +119,7 @@ class SummaryStage:
         self.aggs: dict[str, _Agg] = {}  # keys with a definition
         self.overrides: dict[str, Any] = {}
         self.deleted: set[str] = set()
-        self._exact: dict[str, MetricSpec] = {}
-        self._globs: list[tuple[str, MetricSpec]] = []
-        self._spec_cache: dict[str, MetricSpec | None] = {}
+        self._specs: NameMatcher[MetricSpec] = NameMatcher()
         self._dirty = False
         self._ts = 0.0
 
@@ -154,11 +153,11 @@ class SummaryStage:
             for k in data:
                 self.overrides.pop(k, None)
                 self.deleted.discard(k)
-        if not self._exact and not self._globs:
+        if not self._specs:
             self.last.update(data)
             return
         for k, v in data.items():
-            if self._spec(k) is None:
+            if self._specs.get(k) is None:
                 self.last[k] = v
             else:
                 agg = self.aggs.get(k)
@@ -168,17 +167,9 @@ class SummaryStage:
 
     def define(self, m: ev.MetricDef) -> None:
         """Register a metric definition; later rows aggregate by it."""
-        spec = MetricSpec(m.summary, m.goal)
-        if m.name.endswith("*"):
-            prefix = m.name[:-1]
-            self._globs = [g for g in self._globs if g[0] != prefix]
-            self._globs.append((prefix, spec))
-            self._globs.sort(key=lambda g: -len(g[0]))
-        else:
-            self._exact[m.name] = spec
-        self._spec_cache.clear()
+        self._specs.set(m.name, MetricSpec(m.summary, m.goal))
         # Keys seen before the definition carry their last value over as history.
-        for k in [k for k in self.last if self._spec(k) is not None]:
+        for k in [k for k in self.last if self._specs.get(k) is not None]:
             agg = self.aggs[k] = _Agg()
             agg.add(self.last.pop(k))
         self._dirty = True
@@ -194,27 +185,13 @@ class SummaryStage:
             self.overrides[k] = v
         self._dirty = True
 
-    def _spec(self, key: str) -> MetricSpec | None:
-        try:
-            return self._spec_cache[key]
-        except KeyError:
-            pass
-        spec = self._exact.get(key)
-        if spec is None:
-            for prefix, s in self._globs:
-                if key.startswith(prefix):
-                    spec = s
-                    break
-        self._spec_cache[key] = spec
-        return spec
-
     def snapshot(self) -> dict[str, Any]:
         """The summary as shown: aggregations, then overrides on top."""
         out: dict[str, Any] = {}
         for k, v in self.last.items():
             out[k] = v
         for k, agg in self.aggs.items():
-            spec = self._spec(k)
+            spec = self._specs.get(k)
             names = spec.summary if spec is not None else None
             if names is None:
                 out[k] = agg.last
