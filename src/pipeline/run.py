@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import sys
 import threading
 import time
 from collections.abc import Iterator, Mapping, MutableMapping
@@ -276,10 +277,7 @@ class Run:
         if self._disabled:
             self._done.set()
             return
-        try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:
-            loop = None
+        loop = _pipeline_loop(self.settings.pipeline)
         if loop is not None:
             self._loop = loop
             self._loop_thread = threading.get_ident()
@@ -558,6 +556,28 @@ class Run:
         tb: TracebackType | None,
     ) -> None:
         await self.afinish(exit_code=0 if exc_type is None else 1)
+
+
+def _pipeline_loop(place: str) -> asyncio.AbstractEventLoop | None:
+    """The running loop to host the pipeline, or None for a thread of its own."""
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:
+        loop = None
+    if place == "loop":
+        if loop is None:
+            raise ValueError(
+                "settings.pipeline='loop' needs init() to be called inside a running "
+                "asyncio event loop; use 'thread' (or 'auto') elsewhere"
+            )
+        return loop
+    if place == "thread" or loop is None:
+        return None
+    # A notebook kernel runs cells inside its loop, yet users call finish() there
+    # synchronously, which only a pipeline on its own thread can serve.
+    if "ipykernel" in sys.modules:
+        return None
+    return loop
 
 
 def _check_step(step: Any) -> int:

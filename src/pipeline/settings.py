@@ -12,6 +12,7 @@ from typing import Any, Literal
 NamePolicy = Literal["warn", "strict", "off"]
 Mode = Literal["offline", "online", "disabled"]
 QueuePolicy = Literal["block", "drop_newest"]
+PipelinePlace = Literal["auto", "thread", "loop"]
 
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
@@ -50,6 +51,12 @@ class Settings:
     max_retries: int = 3
     #: zlib-compress event log frames (smaller files, more CPU). ``RUNBUS_COMPRESS``.
     compress: bool = False
+    #: Where the pipeline runs: ``"thread"`` (its own thread and loop), ``"loop"``
+    #: (tasks on the running asyncio loop; finish with ``await run.afinish()``), or
+    #: ``"auto"``: the running loop when ``init()`` is called inside one, except in
+    #: a Jupyter/IPython kernel, whose cells call ``finish()`` synchronously.
+    #: ``RUNBUS_PIPELINE``.
+    pipeline: PipelinePlace = "auto"
 
     def __post_init__(self) -> None:
         if self.name_policy not in ("warn", "strict", "off"):
@@ -62,6 +69,10 @@ class Settings:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"settings.{name} must be a positive integer, not {value!r}")
+        if self.pipeline not in ("auto", "thread", "loop"):
+            raise ValueError(
+                f"settings.pipeline must be 'auto', 'thread' or 'loop', not {self.pipeline!r}"
+            )
         if not all(isinstance(s, str) and s for s in self.sinks):
             raise ValueError(f"settings.sinks must be entry point names, not {self.sinks!r}")
 
@@ -128,6 +139,8 @@ def _from_env() -> dict[str, Any]:
     found: dict[str, Any] = {}
     if (policy := os.environ.get("RUNBUS_NAME_POLICY")) is not None:
         found["name_policy"] = policy.strip().lower()
+    if (place := os.environ.get("RUNBUS_PIPELINE")) is not None:
+        found["pipeline"] = place.strip().lower()
     for key, var, kind in (
         ("flush_interval", "RUNBUS_FLUSH_INTERVAL", float),
         ("sink_timeout", "RUNBUS_SINK_TIMEOUT", float),

@@ -156,3 +156,24 @@ def test_stored_events_reach_sinks_as_immutable_records(tmp_path: Path) -> None:
     with pytest.raises(AttributeError):
         row.step = 5  # type: ignore[misc]
     assert all(e.run_id == run.id for e in mem.events)
+
+
+def test_settings_choose_where_the_pipeline_runs(tmp_path: Path) -> None:
+    import asyncio
+
+    async def main() -> tuple[str, str]:
+        threaded = pipeline.init(
+            project="p", dir=tmp_path, settings={"quiet": True, "pipeline": "thread"}
+        )
+        threaded.log({"x": 1})
+        threaded.finish()  # a sync finish is fine: the pipeline has its own thread
+        on_loop = pipeline.init(project="p", dir=tmp_path, settings={"quiet": True})
+        on_loop.log({"x": 1})
+        with pytest.raises(RuntimeError, match="afinish"):
+            on_loop.finish()
+        await on_loop.afinish()
+        return pipeline.read_run(threaded.dir).state, pipeline.read_run(on_loop.dir).state
+
+    assert asyncio.run(main()) == ("finished", "finished")
+    with pytest.raises(ValueError, match="running asyncio event loop"):
+        pipeline.init(project="p", dir=tmp_path, settings={"quiet": True, "pipeline": "loop"})
