@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import sys
 import threading
 import warnings
 
@@ -62,5 +63,19 @@ class NameChecker:
             f"(letters, digits, '_', '/' between sections); it is logged as is, "
             f"but charts and filters may not find it. This warning shows once per name.",
             NameWarning,
-            stacklevel=4,
+            stacklevel=_caller_level(),
         )
+
+
+def _caller_level() -> int:
+    """The ``stacklevel`` of the first frame outside runbus (nested dicts and
+    ``pipeline.log`` add frames), so the warning points at the user's line."""
+    frame = sys._getframe(2)  # the caller of NameChecker.check: stacklevel 2
+    level = 2
+    while frame.f_back is not None:
+        module = frame.f_globals.get("__name__", "")
+        if module != "pipeline" and not module.startswith("pipeline."):
+            break
+        frame = frame.f_back
+        level += 1
+    return level
