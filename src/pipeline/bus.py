@@ -106,7 +106,7 @@ class Bus:
         """Run until a ``Stop`` has been processed and every sink is closed."""
         self.source.attach()
         self._sources_scope = anyio.CancelScope()
-        send, receive = anyio.create_memory_object_stream[list[ev.Item]](4)
+        send, receive = anyio.create_memory_object_stream[list[ev.Item]](2)
         try:
             async with anyio.create_task_group() as tg:
                 for runner in self.runners:

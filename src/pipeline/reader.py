@@ -16,10 +16,12 @@ from typing import Any
 
 from pipeline import events as ev
 from pipeline.eventlog import ReadResult, read_events
-from pipeline.steps import Sequencer, StepMerger
+from pipeline.steps import StepMerger, sequencer
 from pipeline.summary import SummaryStage
 
 EVENTS_FILE = "events.log"
+#: Metadata a finished segment wrote that a resumed (running) run no longer has.
+_END_KEYS = ("end_ts", "end_time", "exit_code", "duration")
 
 
 @dataclass(frozen=True)
@@ -92,6 +94,9 @@ class Replay:
         self.last_seq = 0
         self.finished = False
         self.exit_code: int | None = None
+        #: Steps of rows an earlier segment left open (it crashed, then the run was
+        #: resumed): never committed, but final, so they count like committed rows.
+        self.frozen: set[int] = set()
 
     def feed(self, events: list[ev.Event]) -> None:
         """Fold stored events into the state."""
@@ -107,9 +112,14 @@ class Replay:
                 if held is None or held.kind == "partial":
                     self.rows[e.step] = e
             elif kind == "metadata":
-                self.metadata.update(e.values)  # type: ignore[union-attr]
                 if e.values.get("state") == "running":  # type: ignore[union-attr]
+                    # The run (re)starts: a previous segment's end no longer holds.
                     self.finished = False
+                    self.exit_code = None
+                    for stale in _END_KEYS:
+                        self.metadata.pop(stale, None)
+                    self.frozen.update(s for s, r in self.rows.items() if r.kind == "partial")
+                self.metadata.update(e.values)  # type: ignore[union-attr]
             elif kind == "config":
                 self.config.update(e.values)  # type: ignore[union-attr]
             elif kind == "metric":
@@ -132,7 +142,7 @@ class Replay:
 
     def summary(self, *, open_rows: bool = True) -> SummaryStage:
         """A summary stage that has seen every row, definition and override."""
-        stage = SummaryStage(self.run_id, Sequencer())
+        stage = SummaryStage(self.run_id, sequencer())
         self.restore_summary(stage, open_rows=open_rows)
         return stage
 
@@ -140,8 +150,8 @@ class Replay:
         """Replay into ``stage`` (the live run's, when resuming).
 
         ``open_rows``: count a row that was flushed but never committed. A live
-        run has not counted it yet; for a crashed or resumed run it is all
-        there is of that step.
+        run has not counted it yet; for a crashed run it is all there is of that
+        step. Rows a crashed segment left open always count (:attr:`frozen`).
         """
         final = set()
         for e in self.order:
@@ -152,11 +162,9 @@ class Replay:
                 stage.define(e)  # type: ignore[arg-type]
             elif e.kind == "summary_set":
                 stage.override(e.values, e.deleted)  # type: ignore[union-attr]
-        if not open_rows:
-            return
         for step in sorted(self.rows):
             row = self.rows[step]
-            if row.kind == "partial" and step not in final:
+            if row.kind == "partial" and step not in final and (open_rows or step in self.frozen):
                 stage.add_row(row.data, row.ts)
 
     def restore_steps(self, merger: StepMerger) -> int:

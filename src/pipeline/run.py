@@ -25,7 +25,7 @@ from pipeline.names import NameChecker
 from pipeline.normalize import prepare_row, to_config
 from pipeline.runinfo import RunInfo
 from pipeline.settings import Settings
-from pipeline.steps import Sequencer, StepMerger
+from pipeline.steps import StepMerger, sequencer
 from pipeline.summary import SummaryStage, parse_goal, parse_summary
 from sources.user import CallSource
 
@@ -190,7 +190,7 @@ class Run:
         self._task: asyncio.Task[None] | None = None
         self.exit_code: int | None = None
 
-        seq = Sequencer(info.last_seq)
+        seq = sequencer(info.last_seq)
         first_step = 0
         self._merger = StepMerger(info.id, info.start_ts, seq)
         self._summary_stage = SummaryStage(info.id, seq)

@@ -41,9 +41,9 @@ class Settings:
     sinks: tuple[str, ...] = ()
     #: Log calls held for the pipeline before ``log()`` waits for it to catch up
     #: (from plain threads only; memory stays bounded). ``RUNBUS_MAX_BACKLOG``.
-    max_backlog: int = 8192
+    max_backlog: int = 4096
     #: Batches each sink's queue holds before its policy applies.
-    queue_size: int = 16
+    queue_size: int = 4
     #: Seconds each sink gets to flush and close at finish before it is abandoned.
     #: ``RUNBUS_SINK_TIMEOUT``.
     sink_timeout: float = 30.0

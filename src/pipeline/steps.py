@@ -30,16 +30,13 @@ class StepWarning(UserWarning):
     """A log call was refused because its step is lower than the current step."""
 
 
-class Sequencer:
-    """Per-run output sequence numbers, from 1 (or after a resumed run's last)."""
+#: Per-run output sequence numbers: call it for the next one.
+Sequencer = Callable[[], int]
 
-    __slots__ = ("_next",)
 
-    def __init__(self, last: int = 0) -> None:
-        self._next = itertools.count(last + 1).__next__
-
-    def __call__(self) -> int:
-        return self._next()
+def sequencer(last: int = 0) -> Sequencer:
+    """Numbers from ``last + 1`` on (a C-level counter: cheap per event)."""
+    return itertools.count(last + 1).__next__
 
 
 class StepMerger:
@@ -59,6 +56,7 @@ class StepMerger:
         self.rows = 0
         # step_sync: metric name (or glob) -> its step metric
         self._sync: NameMatcher[str] = NameMatcher()
+        self._has_sync = False  # a plain attribute: checked once per row
         self._step_values: dict[str, Any] = {}
         self._step_metrics: frozenset[str] = frozenset()
 
@@ -110,7 +108,7 @@ class StepMerger:
         self.row = None
         self.row_dirty = False
         if row:
-            if self._sync:
+            if self._has_sync:
                 self._step_sync(row)
             ts = self.row_ts
             emit(
@@ -131,7 +129,7 @@ class StepMerger:
     def _emit_partial(self, emit: Callable[[ev.Item], None]) -> None:
         assert self.row is not None
         row = dict(self.row)
-        if self._sync:
+        if self._has_sync:
             self._step_sync(row)
         ts = self.row_ts
         emit(
@@ -170,6 +168,7 @@ class StepMerger:
             return
         self._sync.set(m.name, m.step_metric)
         self._step_metrics = frozenset(self._sync.values())
+        self._has_sync = True
 
     def _step_sync(self, row: dict[str, Any]) -> None:
         values = self._step_values

@@ -120,6 +120,7 @@ class SummaryStage:
         self.overrides: dict[str, Any] = {}
         self.deleted: set[str] = set()
         self._specs: NameMatcher[MetricSpec] = NameMatcher()
+        self._has_specs = False  # a plain attribute: checked once per row
         self._dirty = False
         self._ts = 0.0
 
@@ -153,7 +154,7 @@ class SummaryStage:
             for k in data:
                 self.overrides.pop(k, None)
                 self.deleted.discard(k)
-        if not self._specs:
+        if not self._has_specs:
             self.last.update(data)
             return
         for k, v in data.items():
@@ -168,6 +169,7 @@ class SummaryStage:
     def define(self, m: ev.MetricDef) -> None:
         """Register a metric definition; later rows aggregate by it."""
         self._specs.set(m.name, MetricSpec(m.summary, m.goal))
+        self._has_specs = True
         # Keys seen before the definition carry their last value over as history.
         for k in [k for k in self.last if self._specs.get(k) is not None]:
             agg = self.aggs[k] = _Agg()
