@@ -41,7 +41,7 @@ class Settings:
     sinks: tuple[str, ...] = ()
     #: Log calls held for the pipeline before ``log()`` waits for it to catch up
     #: (from plain threads only; memory stays bounded). ``RUNBUS_MAX_BACKLOG``.
-    max_backlog: int = 4096
+    max_backlog: int = 2048
     #: Batches each sink's queue holds before its policy applies.
     queue_size: int = 4
     #: Seconds each sink gets to flush and close at finish before it is abandoned.
