@@ -76,7 +76,8 @@ def sparkline(values: Sequence[float | None], width: int = 24) -> str:
     if not finite:
         return " " * len(points)
     lo, hi = min(finite), max(finite)
-    if lo == hi:
+    # Averaging a constant leaves rounding noise; noise is not a shape to draw.
+    if hi / 2 - lo / 2 <= 1e-9 * max(abs(hi), abs(lo)):
         return "".join(_MID if _finite(v) else " " for v in points)
     top = len(BLOCKS) - 1
     # Scale by halves so a span near the float limits cannot overflow to inf.

@@ -273,3 +273,13 @@ def test_summary_table_caps_rows() -> None:
 
 def test_summary_table_empty() -> None:
     assert summary_table({}, {}) == ""
+
+
+def test_a_constant_series_averaged_by_the_sketch_draws_flat() -> None:
+    from pipeline.render import SeriesSketch, sparkline
+
+    sketch = SeriesSketch()
+    for _ in range(1000):
+        sketch.add(0.05)  # bucket means of 0.05 differ in the last bits
+    line = sparkline(sketch.values())
+    assert set(line) == {"▄"}
