@@ -57,6 +57,14 @@ def _link(
     return step
 
 
+async def _wait_for(completion: ev.Completion, timeout: float) -> None:
+    """Wait on the loop (not blocking it) until ``completion`` is done or ``timeout``."""
+    done = anyio.Event()
+    completion.add_callback(done.set)
+    with anyio.move_on_after(timeout):
+        await done.wait()
+
+
 def _numbered(item: ev.Item, seq: int) -> ev.Item:
     return cast(ev.Event, item)._replace(seq=seq)
 
@@ -195,7 +203,11 @@ class Bus:
             for barrier in completed:
                 barrier.completion.done()  # type: ignore[union-attr]
         if stop is not None:
-            items.extend(self._finish_events(stop.exit_code))
+            # Let every sink write what came before, so the final metadata tells
+            # each sink's true state and counts.
+            drained = ev.Completion()
+            flushes.append(drained)
+            items.append(ev.Flush(drained, False))
         for completion in flushes:
             completion.expect(len(self.runners))
         for runner in self.runners:
@@ -203,6 +215,10 @@ class Bus:
         for completion in flushes:
             completion.done()
         if stop is not None:
+            await _wait_for(drained, self.settings.sink_timeout)
+            final = self._finish_events(stop.exit_code)
+            for runner in self.runners:
+                await runner.offer(final)
             self.stopped = True
             for runner in self.runners:
                 runner.close_input()

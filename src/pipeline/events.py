@@ -221,11 +221,13 @@ class Completion:
     caller waits from its own thread (``wait``) or its own loop (``callback``).
     """
 
-    __slots__ = ("_callbacks", "_event", "_lock", "_remaining", "result")
+    __slots__ = ("_callbacks", "_event", "_lock", "_remaining", "ok", "result")
 
     def __init__(self) -> None:
         #: Whatever the completing side wants to hand back (a summary snapshot).
         self.result: Any = None
+        #: False once any participant reported that it could not do its part.
+        self.ok = True
         self._remaining = 1
         self._lock = threading.Lock()
         self._event = threading.Event()
@@ -236,9 +238,11 @@ class Completion:
         with self._lock:
             self._remaining += n
 
-    def done(self) -> None:
-        """One participant has finished."""
+    def done(self, ok: bool = True) -> None:
+        """One participant has finished (``ok=False``: it could not do its part)."""
         with self._lock:
+            if not ok:
+                self.ok = False
             self._remaining -= 1
             fire = self._remaining == 0
             callbacks = list(self._callbacks) if fire else []

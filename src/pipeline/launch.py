@@ -16,11 +16,11 @@ import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, NoReturn
 
 from pipeline import __version__
 from pipeline.reader import Replay, read_log
-from pipeline.run import Run, _config_values, _remember, live_runs
+from pipeline.run import Run, _config_values, _remember, check_placement, live_runs
 from pipeline.runinfo import RunInfo
 from pipeline.runner import SinkSpec
 from pipeline.settings import Settings, api_key, run_mode, runs_dir, server_url
@@ -153,7 +153,7 @@ def init(
     """
     start = time.time()
     resolved = Settings.resolve(settings)
-    project = _text("project", project) or "uncategorized"
+    project = _text("project", project)
     name = _text("name", name)
     notes = _text("notes", notes)
     group = _text("group", group)
@@ -187,7 +187,14 @@ def init(
         replay = Replay(run_id)
         replay.feed(found.events)
         run_dir = previous
-        name = name or str(replay.metadata.get("name", run_id))
+        # A resumed run keeps its identity unless the call says otherwise.
+        before = replay.metadata
+        name = name or str(before.get("name", run_id))
+        project = project or _str_or_none(before.get("project"))
+        group = group if group is not None else _str_or_none(before.get("group"))
+        notes = notes if notes is not None else _str_or_none(before.get("notes"))
+        if tags is None and isinstance(before.get("tags"), list):
+            tag_tuple = tuple(str(t) for t in before["tags"])
     else:
         stamp = dt.datetime.fromtimestamp(start).strftime("%Y%m%d_%H%M%S")
         run_dir = root / f"run-{stamp}-{run_id}"
@@ -201,10 +208,12 @@ def init(
             stacklevel=2,
         )
     disabled = run_mode_ == "disabled"
+    if not disabled:
+        check_placement(resolved.pipeline)  # before anything is created
     info = RunInfo(
         id=run_id,
         name=name,
-        project=project,
+        project=project or "uncategorized",
         dir=run_dir,
         start_ts=float(replay.metadata.get("start_ts", start)) if replay else start,
         resumed=replay is not None,
@@ -241,8 +250,8 @@ def init(
         resume_state=_Resume(replay) if replay is not None else None,
         disabled=disabled,
     )
+    _remember(run)
     if not disabled:
-        _remember(run)
         _install_exit_hooks()
     run._start()
     return run
@@ -254,6 +263,10 @@ def _text(what: str, value: Any) -> str | None:
     if not isinstance(value, str):
         raise TypeError(f"init({what}=...) must be a str, not {type(value).__name__}")
     return value
+
+
+def _str_or_none(value: Any) -> str | None:
+    return value if isinstance(value, str) else None
 
 
 def _tags(tags: Iterable[str] | None) -> tuple[str, ...]:
@@ -345,6 +358,16 @@ def _start_metadata(info: RunInfo, mode: str, now: float, replay: Replay | None)
 _hooks_installed = False
 _hooks_lock = threading.Lock()
 _uncaught: list[BaseException] = []
+_exit_status: list[object] = []
+
+
+def _exit_code(status: object) -> int:
+    """The process exit code ``sys.exit(status)`` gives."""
+    if status is None:
+        return 0
+    if isinstance(status, int) and not isinstance(status, bool):
+        return status
+    return 1  # sys.exit("message") prints it and exits with 1
 
 
 def _install_exit_hooks() -> None:
@@ -360,12 +383,20 @@ def _install_exit_hooks() -> None:
         previous(exc_type, exc, tb)
 
     sys.excepthook = hook
+    real_exit = sys.exit
+
+    def exit_recording_code(status: str | int | None = None) -> NoReturn:
+        # SystemExit never reaches sys.excepthook; remember the code for atexit.
+        _exit_status.append(status)
+        real_exit(status)
+
+    sys.exit = exit_recording_code
     atexit.register(_finish_at_exit)
 
 
 def _finish_at_exit() -> None:
     """Finish runs the program left open, so exit never hangs and nothing is lost."""
-    code = 1 if _uncaught else 0
+    code = 1 if _uncaught else _exit_code(_exit_status[-1] if _exit_status else None)
     for run in reversed(live_runs()):
         if run._thread is None:
             continue  # an async run's loop is gone; its task ended with it

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from pipeline.jsoncodec import TAG as NONFINITE_TAG
 from pipeline.names import NameChecker
 
 _INT_MIN = -(2**63)
@@ -147,6 +148,12 @@ def to_config(key: str, v: Any) -> Any:
                 raise TypeError(
                     f"config key {key!r} holds a key of type {type(k).__name__} ({k!r}); "
                     f"config keys must be str"
+                )
+            if k == NONFINITE_TAG:
+                # It would read back as a float: the tag keeps NaN/inf exact on disk.
+                raise ValueError(
+                    f"config key {key!r} holds the key {k!r}, which runbus reserves for "
+                    f"NaN and infinity on disk; rename that key"
                 )
             out[k] = to_config(f"{key}.{k}", x)
         return out

@@ -394,8 +394,9 @@ class Run:
     def flush(self, timeout: float | None = None) -> bool:
         """Block until everything logged so far is durable (fsynced) in every sink.
 
-        Returns False if ``timeout`` passed first. Inside the run's own event
-        loop use ``await run.aflush()``.
+        Returns False if ``timeout`` passed first, or if some sink could not
+        flush (it failed, is stopped, or dropped data under ``drop_newest``).
+        Inside the run's own event loop use ``await run.aflush()``.
         """
         if self._disabled or self._done.is_set():
             return True
@@ -413,13 +414,14 @@ class Run:
         return await self._await(completion, timeout)
 
     def _wait(self, completion: ev.Completion, timeout: float | None) -> bool:
+        """Wait for ``completion``; True if it completed and every part went well."""
         deadline = None if timeout is None else time.monotonic() + timeout
         while not completion.wait(0.05):
             if self._done.is_set():
-                return completion.is_done
+                return completion.is_done and completion.ok
             if deadline is not None and time.monotonic() > deadline:
                 return False
-        return True
+        return completion.ok
 
     async def _await(self, completion: ev.Completion, timeout: float | None) -> bool:
         loop = asyncio.get_running_loop()
@@ -439,7 +441,7 @@ class Run:
             if done_task is not None:
                 waiters.append(done_task)
             await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
-            return completion.is_done
+            return completion.is_done and completion.ok
         return await asyncio.to_thread(self._wait, completion, timeout)
 
     def _not_on_loop(self, what: str, instead: str) -> None:
@@ -556,6 +558,11 @@ class Run:
         tb: TracebackType | None,
     ) -> None:
         await self.afinish(exit_code=0 if exc_type is None else 1)
+
+
+def check_placement(place: str) -> None:
+    """Raise ``ValueError`` now if the pipeline cannot run where settings ask."""
+    _pipeline_loop(place)
 
 
 def _pipeline_loop(place: str) -> asyncio.AbstractEventLoop | None:

@@ -24,7 +24,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 from pipeline import events as ev
 from pipeline.runinfo import RunInfo
 from pipeline.settings import QueuePolicy
-from sinks.base import Sink
+from sinks.base import Sink, SinkClosedError
 
 log = logging.getLogger("runbus")
 
@@ -99,8 +99,8 @@ class SinkRunner:
         self.sink = spec.sink
         self.policy = spec.policy
         self.run_info = run
-        self.max_retries = spec.max_retries or max_retries
-        self.timeout = spec.timeout or timeout
+        self.max_retries = max_retries if spec.max_retries is None else spec.max_retries
+        self.timeout = timeout if spec.timeout is None else spec.timeout
         self.stats = SinkStats(name=getattr(self.sink, "name", type(self.sink).__name__))
         size = spec.queue_size or queue_size
         self._send: MemoryObjectSendStream[list[ev.Item]]
@@ -135,9 +135,10 @@ class SinkRunner:
         self._send.close()
 
     def _discard(self, batch: list[ev.Item]) -> None:
+        # Dropped data cannot be flushed: a flush waiting on this sink learns so.
         for item in batch:
             if item.kind == "flush" and item.completion is not None:  # type: ignore[union-attr]
-                item.completion.done()  # type: ignore[union-attr]
+                item.completion.done(ok=False)  # type: ignore[union-attr]
             elif not _is_control(item):
                 self.stats.dropped += 1
 
@@ -147,7 +148,7 @@ class SinkRunner:
         self, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
     ) -> None:
         """Open the sink, feed it until end of stream, then flush and close it."""
-        opened = await self._attempt("open", self.sink.open, self.run_info, retries=1)
+        opened = await self._attempt("open", self.sink.open, self.run_info, retries=0)
         task_status.started()
         if opened:
             self.stats.state = "running"
@@ -185,10 +186,9 @@ class SinkRunner:
                 if not self.failed and i > start:
                     await self._write(batch[start:i])
                 start = i + 1
-                if not self.failed:
-                    await self._attempt("flush", self.sink.flush)
+                flushed = not self.failed and await self._attempt("flush", self.sink.flush)
                 if item.completion is not None:  # type: ignore[union-attr]
-                    item.completion.done()  # type: ignore[union-attr]
+                    item.completion.done(ok=flushed)  # type: ignore[union-attr]
             elif item.kind in ("barrier", "stop"):
                 if not self.failed and i > start:
                     await self._write(batch[start:i])
@@ -214,7 +214,7 @@ class SinkRunner:
         """Call a sink method with a deadline and retries; stop the sink if it keeps failing."""
         if self.failed:
             return False
-        attempts = retries or self.max_retries
+        attempts = 1 + (self.max_retries if retries is None else retries)
         for attempt in range(attempts):
             try:
                 with anyio.fail_after(self.timeout):
@@ -225,6 +225,8 @@ class SinkRunner:
             except Exception as exc:  # a sink may raise anything; isolation is the point
                 self.stats.errors += 1
                 self.stats.last_error = _describe(exc, self.timeout)
+                if not _retryable(exc):
+                    break
                 if attempt + 1 < attempts:
                     delay = min(_BACKOFF_MAX, _BACKOFF_BASE * math.pow(2, attempt))
                     log.debug(
@@ -255,7 +257,7 @@ class SinkRunner:
     async def _close(self) -> None:
         failed_before = self.failed
         if not self.failed:
-            await self._attempt("flush", self.sink.flush, retries=1)
+            await self._attempt("flush", self.sink.flush, retries=0)
         try:
             with anyio.fail_after(self.timeout):
                 await self.sink.aclose()
@@ -265,8 +267,22 @@ class SinkRunner:
                     "runbus: sink %r failed to close: %s", self.name, _describe(exc, self.timeout)
                 )
             self.stats.errors += 1
+            if isinstance(exc, TimeoutError):
+                self.stats.state = "timed out"
+                return
         if not self.failed:
             self.stats.state = "closed"
+
+
+def _retryable(exc: Exception) -> bool:
+    """Whether trying again can help: not for a closed sink or a programming error.
+
+    A sink marks its own permanent errors with ``exc.retryable = False``.
+    """
+    flag = getattr(exc, "retryable", None)
+    if isinstance(flag, bool):
+        return flag
+    return not isinstance(exc, SinkClosedError | TypeError | ValueError | NotImplementedError)
 
 
 def _describe(exc: BaseException, timeout: float) -> str:

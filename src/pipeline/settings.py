@@ -47,7 +47,8 @@ class Settings:
     #: Seconds each sink gets to flush and close at finish before it is abandoned.
     #: ``RUNBUS_SINK_TIMEOUT``.
     sink_timeout: float = 30.0
-    #: Attempts of a failing sink write or flush before the sink is stopped.
+    #: Retries (with backoff and jitter) of a failing sink write or flush before
+    #: the sink is stopped. Errors that cannot pass by retrying stop it at once.
     max_retries: int = 3
     #: zlib-compress event log frames (smaller files, more CPU). ``RUNBUS_COMPRESS``.
     compress: bool = False
@@ -67,8 +68,11 @@ class Settings:
         _positive("sink_timeout", self.sink_timeout)
         for name in ("max_backlog", "queue_size", "max_retries"):
             value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"settings.{name} must be a positive integer, not {value!r}")
+            least = 0 if name == "max_retries" else 1
+            if not isinstance(value, int) or isinstance(value, bool) or value < least:
+                raise ValueError(
+                    f"settings.{name} must be an integer of at least {least}, not {value!r}"
+                )
         if self.pipeline not in ("auto", "thread", "loop"):
             raise ValueError(
                 f"settings.pipeline must be 'auto', 'thread' or 'loop', not {self.pipeline!r}"

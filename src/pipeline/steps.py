@@ -15,12 +15,15 @@ Deterministic: the same input gives the same rows.
 from __future__ import annotations
 
 import itertools
+import logging
 import warnings
 from collections.abc import Callable
 from typing import Any
 
 from pipeline import events as ev
 from pipeline.matching import NameMatcher
+
+log = logging.getLogger("runbus")
 
 #: Refused calls warned about one by one; the rest are only counted.
 MAX_STEP_WARNINGS = 20
@@ -150,13 +153,16 @@ class StepMerger:
                 if self.refused == MAX_STEP_WARNINGS
                 else ""
             )
-            warnings.warn(
+            message = (
                 f"runbus: log(step={c.step}) of keys {sorted(c.data)} refused: {reason}; "
                 f"only the current and later steps can be written. The call is kept in "
-                f"the event log as 'refused'.{more}",
-                StepWarning,
-                stacklevel=1,
+                f"the event log as 'refused'.{more}"
             )
+            try:
+                warnings.warn(message, StepWarning, stacklevel=1)
+            except Warning:
+                # Warnings turned into errors must not stop the pipeline: log instead.
+                log.warning("%s", message)
 
     def _emit_counters(self, emit: Callable[[ev.Item], None]) -> None:
         if self.refused != self._reported_refused:

@@ -177,3 +177,36 @@ def test_settings_choose_where_the_pipeline_runs(tmp_path: Path) -> None:
     assert asyncio.run(main()) == ("finished", "finished")
     with pytest.raises(ValueError, match="running asyncio event loop"):
         pipeline.init(project="p", dir=tmp_path, settings={"quiet": True, "pipeline": "loop"})
+
+
+def test_sys_exit_codes_reach_runs_finished_at_exit(tmp_path: Path) -> None:
+    done = _python(
+        """
+        import sys, pipeline
+        run = pipeline.init(project="p", dir=sys.argv[1])
+        run.log({"x": 1})
+        sys.exit(3)
+        """,
+        tmp_path,
+    )
+    assert done.returncode == 3
+    data = pipeline.read_run(tmp_path)
+    assert data.state == "failed"
+    assert data.metadata["exit_code"] == 3
+
+
+def test_final_metadata_reports_each_sink_after_its_last_write(tmp_path: Path) -> None:
+    run = pipeline.init(project="p", dir=tmp_path, settings={"quiet": True})
+    run.log({"x": 1})
+    run.finish()
+    sinks = pipeline.read_run(run.dir).metadata["sinks"]
+    assert sinks["disk"]["state"] == "running"
+    assert sinks["disk"]["written"] >= 2  # start metadata and the row at least
+    assert sinks["disk"]["dropped"] == 0
+
+
+def test_a_placement_error_leaves_nothing_behind(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="running asyncio event loop"):
+        pipeline.init(project="p", dir=tmp_path, settings={"quiet": True, "pipeline": "loop"})
+    assert list(tmp_path.iterdir()) == []
+    assert pipeline.current_run() is None
