@@ -139,6 +139,25 @@ def to_scalar_or_list(key: str, v: Any) -> Any:
     return to_scalar(key, v)
 
 
+def to_config_dict(values: Any, what: str = "config") -> dict[str, Any]:
+    """A validated deep copy of a whole config (or summary) update, keyed by str."""
+    if not isinstance(values, Mapping):
+        raise TypeError(f"{what} must be a dict, not {type(values).__name__}")
+    out: dict[str, Any] = {}
+    for k, v in values.items():
+        if not isinstance(k, str):
+            raise TypeError(f"{what} keys must be str, not {type(k).__name__} ({k!r})")
+        if k == NONFINITE_TAG:
+            raise ValueError(_reserved(f"{what} key {k!r}"))
+        out[k] = to_config(k, v)
+    return out
+
+
+def _reserved(what: str) -> str:
+    # It would read back as a float: the tag keeps NaN/inf exact on disk.
+    return f"{what} is reserved by runbus for NaN and infinity on disk; rename that key"
+
+
 def to_config(key: str, v: Any) -> Any:
     """A JSON-storable deep copy of a config or summary value, or raise naming ``key``."""
     if isinstance(v, Mapping):
@@ -150,11 +169,7 @@ def to_config(key: str, v: Any) -> Any:
                     f"config keys must be str"
                 )
             if k == NONFINITE_TAG:
-                # It would read back as a float: the tag keeps NaN/inf exact on disk.
-                raise ValueError(
-                    f"config key {key!r} holds the key {k!r}, which runbus reserves for "
-                    f"NaN and infinity on disk; rename that key"
-                )
+                raise ValueError(_reserved(f"the key {k!r} inside {key!r}"))
             out[k] = to_config(f"{key}.{k}", x)
         return out
     if isinstance(v, list | tuple):

@@ -22,7 +22,7 @@ from typing import Any
 from pipeline import events as ev
 from pipeline.bus import Bus
 from pipeline.names import NameChecker
-from pipeline.normalize import prepare_row, to_config
+from pipeline.normalize import prepare_row, to_config_dict
 from pipeline.runinfo import RunInfo
 from pipeline.settings import Settings
 from pipeline.steps import StepMerger, sequencer
@@ -99,14 +99,7 @@ class Config(MutableMapping[str, Any]):
 
 
 def _config_values(values: Mapping[str, Any]) -> dict[str, Any]:
-    if not isinstance(values, Mapping):
-        raise TypeError(f"config must be a dict, not {type(values).__name__}")
-    out: dict[str, Any] = {}
-    for k, v in values.items():
-        if not isinstance(k, str):
-            raise TypeError(f"config keys must be str, not {type(k).__name__} ({k!r})")
-        out[k] = to_config(k, v)
-    return out
+    return to_config_dict(values, "config")
 
 
 class SummaryView(MutableMapping[str, Any]):
@@ -149,11 +142,7 @@ class SummaryView(MutableMapping[str, Any]):
     def update(self, other: Any = (), /, **kwargs: Any) -> None:
         """Override several summary values at once."""
         merged = dict(other, **kwargs)
-        values: dict[str, Any] = {}
-        for k, v in merged.items():
-            if not isinstance(k, str):
-                raise TypeError(f"summary keys must be str, not {type(k).__name__} ({k!r})")
-            values[k] = to_config(k, v)
+        values = to_config_dict(merged, "summary")
         if values:
             run = self._run
             run._check_open("run.summary[...] = ...")
