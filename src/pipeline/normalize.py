@@ -169,7 +169,7 @@ def to_config(key: str, v: Any) -> Any:
                     f"config keys must be str"
                 )
             if k == NONFINITE_TAG:
-                raise ValueError(_reserved(f"the key {k!r} inside {key!r}"))
+                raise ValueError(_reserved(f"config key {key!r}: its key {k!r}"))
             out[k] = to_config(f"{key}.{k}", x)
         return out
     if isinstance(v, list | tuple):

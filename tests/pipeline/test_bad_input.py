@@ -225,7 +225,7 @@ def test_module_level_calls_without_a_run_raise(runs_dir: Path) -> None:
         ({"name": ["a"]}, TypeError, r"name"),
         ({"config": [1, 2]}, TypeError, r"config"),
         ({"config": {1: 2}}, TypeError, r"config keys"),
-        ({"config": {"x": {"$nf": "NaN"}}}, ValueError, r"inside 'x'.*reserved"),
+        ({"config": {"x": {"$nf": "NaN"}}}, ValueError, r"'x': its key.*reserved"),
         ({"sinks": "disk"}, TypeError, r"sinks"),
         ({"settings": {"sinks": ["no-such-sink"]}}, ValueError, r"'no-such-sink'"),
     ],
