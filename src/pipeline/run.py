@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import os
 import sys
 import threading
 import time
@@ -178,6 +179,7 @@ class Run:
         self._thread: threading.Thread | None = None
         self._task: asyncio.Task[None] | None = None
         self.exit_code: int | None = None
+        self._forked_from: int | None = None
 
         seq = sequencer(info.last_seq)
         first_step = 0
@@ -312,10 +314,7 @@ class Run:
         never be stored, and :class:`RunFinishedError` after ``finish()``.
         """
         if self._finished:
-            raise RunFinishedError(
-                f"run {self.name} ({self.id}) has finished; run.log() needs a live run "
-                f"(call pipeline.init() to start a new one)"
-            )
+            raise RunFinishedError(self._finished_message("run.log()"))
         row, nonfinite = prepare_row(data, self._names)
         if step is not None:
             step = _check_step(step)
@@ -374,9 +373,19 @@ class Run:
 
     def _check_open(self, what: str) -> None:
         if self._finished:
-            raise RunFinishedError(
-                f"run {self.name} ({self.id}) has finished; {what} needs a live run"
+            raise RunFinishedError(self._finished_message(what))
+
+    def _finished_message(self, what: str) -> str:
+        if self._forked_from is not None:
+            return (
+                f"run {self.name} ({self.id}) belongs to process {self._forked_from}, and this "
+                f"is a child forked from it, where the run's pipeline does not exist; "
+                f"log from the parent, or call pipeline.init() in the child for a run of its own"
             )
+        return (
+            f"run {self.name} ({self.id}) has finished; {what} needs a live run "
+            f"(call pipeline.init() to start a new one)"
+        )
 
     # -- flush -----------------------------------------------------------------
 
@@ -595,6 +604,25 @@ def _check_step(step: Any) -> int:
 
 _live: list[Run] = []
 _live_lock = threading.Lock()
+
+
+def _after_fork_in_child() -> None:
+    """A forked child has the parent's runs but not their pipeline threads.
+
+    Logging there would queue calls nobody drains (and then wait forever for
+    room), and finishing them at the child's exit would write into the
+    parent's run directory: mark them ended here instead, with a clear error.
+    """
+    global _live_lock
+    _live_lock = threading.Lock()  # another thread may have held it at fork
+    parent = os.getppid()
+    for run in _live:
+        run._forked_from = parent
+        run._finished = True
+    _live.clear()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def _remember(run: Run) -> None:

@@ -210,3 +210,30 @@ def test_a_placement_error_leaves_nothing_behind(tmp_path: Path) -> None:
         pipeline.init(project="p", dir=tmp_path, settings={"quiet": True, "pipeline": "loop"})
     assert list(tmp_path.iterdir()) == []
     assert pipeline.current_run() is None
+
+
+def test_a_forked_child_gets_a_clear_error_and_the_parent_run_is_unharmed(
+    tmp_path: Path,
+) -> None:
+    run = pipeline.init(project="p", dir=tmp_path, settings={"quiet": True})
+    run.log({"x": 1})
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: report what log() did, then leave without cleanup
+        try:
+            run.log({"x": 2})
+            message = "no error"
+        except pipeline.RunFinishedError as exc:
+            message = str(exc)
+        os.write(write_end, message.encode())
+        os._exit(0 if pipeline.current_run() is None else 1)
+    os.close(write_end)
+    _, status = os.waitpid(pid, 0)
+    message = os.read(read_end, 4096).decode()
+    os.close(read_end)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert "forked" in message
+    assert "pipeline.init() in the child" in message
+    run.log({"x": 3})
+    run.finish()
+    assert [r["x"] for r in pipeline.read_run(run.dir).history] == [1, 3]
