@@ -3,7 +3,7 @@
 Trains a logistic-regression classifier on synthetic data with plain-Python
 SGD (no extra packages), logging train metrics every step, validation metrics
 every epoch against an ``epoch`` x-axis, and a best-accuracy summary. Then it
-reads the run back from disk and shows it the way ``runbus show`` does.
+reads the run back from disk and lists the runs the way ``runbus ls`` does.
 """
 
 from __future__ import annotations
@@ -62,8 +62,12 @@ def main() -> int:
             run.log({"val/loss": val_loss, "val/acc": val_acc, "epoch": epoch})
             print(f"epoch {epoch}: val/loss={val_loss:.4f} val/acc={val_acc:.3f}")
         run.summary["weights"] = w
-    print()
-    return runbus_cli(["show", str(run.dir)])
+    data = pipeline.read_run(run.dir)
+    print(
+        f"\nread back: {len(data.history)} rows, state {data.state}, best val/acc "
+        f"{data.summary['val/acc']['best']:.3f}\n"
+    )
+    return runbus_cli(["ls", str(run.dir.parent)])
 
 
 if __name__ == "__main__":
