@@ -20,6 +20,13 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+import anyio
+
+# anyio loads its asyncio backend on first use. Loading it here, on the importing
+# thread, keeps a new pipeline thread from spending a long time importing it
+# while a busy training loop holds the GIL (its backlog would pile up meanwhile).
+import anyio._backends._asyncio
+
 from pipeline import events as ev
 from pipeline.bus import Bus
 from pipeline.names import NameChecker
@@ -31,6 +38,9 @@ from pipeline.summary import SummaryStage, parse_goal, parse_summary
 from sources.user import CallSource
 
 log = logging.getLogger("runbus")
+
+# Builds the LogCall from a ready tuple, skipping the generated __new__ (hot path).
+_new = tuple.__new__
 
 #: How long a sync ``finish()`` waits for the pipeline beyond the sinks' deadlines.
 _FINISH_SLACK = 10.0
@@ -276,11 +286,10 @@ class Run:
             return
         thread = threading.Thread(target=self._thread_main, name=f"runbus-{self.id}", daemon=True)
         self._thread = thread
+        self._source.threaded = True
         thread.start()
 
     def _thread_main(self) -> None:
-        import anyio
-
         try:
             anyio.run(self._run_bus)
         except BaseException as exc:  # reported in _run_bus
@@ -323,7 +332,10 @@ class Run:
         if self._disabled:
             return
         self._source.put(
-            ev.LogCall(self._info.id, self._in_seq(), time.time(), row, step, commit, nonfinite)
+            _new(
+                ev.LogCall,
+                (self._info.id, self._in_seq(), time.time(), row, step, commit, nonfinite, "log"),
+            )
         )
 
     def define_metric(

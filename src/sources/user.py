@@ -39,6 +39,9 @@ class CallSource:
         self._room = threading.Condition(threading.Lock())
         self._waiting = 0
         self.closed = False
+        #: Set before the pipeline thread starts: callers on other threads may then
+        #: wait for room even before the pipeline's loop is up.
+        self.threaded = False
 
     # -- caller side -----------------------------------------------------------
 
@@ -69,8 +72,9 @@ class CallSource:
                 loop.call_soon_threadsafe(wake.set)
 
     def _wait_for_room(self) -> None:
-        if self._loop_thread is None or threading.get_ident() == self._loop_thread:
-            return
+        me = threading.get_ident()
+        if me == self._loop_thread or (self._loop_thread is None and not self.threaded):
+            return  # the pipeline runs on this thread's loop: waiting would deadlock
         with self._room:
             self._waiting += 1
             try:
