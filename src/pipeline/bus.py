@@ -23,7 +23,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 
 from pipeline import events as ev
 from pipeline.runinfo import RunInfo
-from pipeline.runner import SinkRunner, SinkSpec
+from pipeline.runner import Part, SinkRunner, SinkSpec
 from pipeline.settings import Settings
 from pipeline.steps import Sequencer, StepMerger
 from pipeline.summary import SummaryStage
@@ -55,6 +55,23 @@ def _link(
         feed(item, nxt)
 
     return step
+
+
+def _split(items: list[ev.Item]) -> list[Part]:
+    """Events in runs, each flush on its own: runners then never scan for controls."""
+    parts: list[Part] = []
+    run: list[ev.Event] = []
+    for item in items:
+        if type(item) is ev.Flush:
+            if run:
+                parts.append(run)
+                run = []
+            parts.append(item)
+        else:
+            run.append(cast(ev.Event, item))
+    if run:
+        parts.append(run)
+    return parts
 
 
 async def _wait_for(completion: ev.Completion, timeout: float) -> None:
@@ -210,8 +227,10 @@ class Bus:
             items.append(ev.Flush(drained, False))
         for completion in flushes:
             completion.expect(len(self.runners))
+        parts = _split(items) if flushes else [cast(list[ev.Event], items)]
         for runner in self.runners:
-            await runner.offer(items)
+            for part in parts:
+                await runner.offer(part)
         for completion in flushes:
             completion.done()
         if stop is not None:
@@ -223,7 +242,7 @@ class Bus:
             for runner in self.runners:
                 runner.close_input()
 
-    def _finish_events(self, exit_code: int) -> list[ev.Item]:
+    def _finish_events(self, exit_code: int) -> list[ev.Event]:
         now = time.time()
         values = {
             "state": "finished" if exit_code == 0 else "failed",

@@ -77,9 +77,8 @@ def encode_payload(events: Iterable[ev.Event]) -> bytes:
             idx = shapes.get(shape)
             if idx is None:
                 idx = shapes[shape] = len(shapes)
-            body = [e.step, idx, e.runtime]  # type: ignore[union-attr]
-            body.extend(tag(list(data.values())) if e.nonfinite else data.values())  # type: ignore[union-attr]
-            append((kind, e.seq, e.ts, body))
+            values = tag(list(data.values())) if e.nonfinite else data.values()  # type: ignore[union-attr]
+            append((kind, e.seq, e.ts, [e.step, idx, e.runtime, *values]))  # type: ignore[union-attr]
         elif kind in _FIELDS:
             fields = {f: getattr(e, f) for f in _FIELDS[kind]}
             if has_nonfinite(fields):

@@ -80,8 +80,8 @@ class SinkStats:
         }
 
 
-def _is_control(item: ev.Item) -> bool:
-    return item.kind in ("flush", "barrier", "stop")
+#: What a runner's queue holds: a read-only batch of events, or a flush.
+Part = list[ev.Event] | ev.Flush
 
 
 class SinkRunner:
@@ -103,9 +103,9 @@ class SinkRunner:
         self.timeout = timeout if spec.timeout is None else spec.timeout
         self.stats = SinkStats(name=getattr(self.sink, "name", type(self.sink).__name__))
         size = spec.queue_size or queue_size
-        self._send: MemoryObjectSendStream[list[ev.Item]]
-        self._receive: MemoryObjectReceiveStream[list[ev.Item]]
-        self._send, self._receive = anyio.create_memory_object_stream[list[ev.Item]](size)
+        self._send: MemoryObjectSendStream[Part]
+        self._receive: MemoryObjectReceiveStream[Part]
+        self._send, self._receive = anyio.create_memory_object_stream[Part](size)
         self.failed = False
 
     @property
@@ -115,32 +115,31 @@ class SinkRunner:
 
     # -- producer side (the bus) ---------------------------------------------
 
-    async def offer(self, batch: list[ev.Item]) -> None:
-        """Queue a batch by this sink's policy; never blocks on a stopped sink."""
+    async def offer(self, part: Part) -> None:
+        """Queue a batch (or a flush) by this sink's policy; never blocks on a stopped sink."""
         if self.failed:
-            self._discard(batch)
+            self._discard(part)
             return
         if self.policy == "block":
-            await self._send.send(batch)
+            await self._send.send(part)
             return
         try:
-            self._send.send_nowait(batch)
+            self._send.send_nowait(part)
         except anyio.WouldBlock:
             # A sink that cannot keep up is not waited for, not even by a flush:
             # what it dropped it cannot flush anyway.
-            self._discard(batch)
+            self._discard(part)
 
     def close_input(self) -> None:
         """End of stream: the runner drains what is queued, then closes the sink."""
         self._send.close()
 
-    def _discard(self, batch: list[ev.Item]) -> None:
-        # Dropped data cannot be flushed: a flush waiting on this sink learns so.
-        for item in batch:
-            if item.kind == "flush" and item.completion is not None:  # type: ignore[union-attr]
-                item.completion.done(ok=False)  # type: ignore[union-attr]
-            elif not _is_control(item):
-                self.stats.dropped += 1
+    def _discard(self, part: Part) -> None:
+        if type(part) is list:
+            self.stats.dropped += len(part)
+        elif part.completion is not None:  # type: ignore[union-attr]
+            # Dropped data cannot be flushed: a flush waiting on this sink learns so.
+            part.completion.done(ok=False)  # type: ignore[union-attr]
 
     # -- consumer side (this runner's task) ----------------------------------
 
@@ -154,52 +153,55 @@ class SinkRunner:
             self.stats.state = "running"
         try:
             async with self._receive:
-                async for batch in self._receive:
-                    if self.failed:
-                        self._discard(batch)
-                        continue
-                    await self._process(self._coalesce(batch))
+                async for part in self._receive:
+                    await self._process(self._take_more(part))
         finally:
             with anyio.CancelScope(shield=True):
                 await self._close()
 
-    def _coalesce(self, batch: list[ev.Item]) -> list[ev.Item]:
-        if len(batch) >= MAX_WRITE:
-            return batch
-        merged: list[ev.Item] | None = None
-        while True:
+    def _take_more(self, first: Part) -> list[Part]:
+        """``first`` and whatever else is queued, up to ``MAX_WRITE`` events."""
+        parts = [first]
+        size = len(first) if type(first) is list else 0
+        while size < MAX_WRITE:
             try:
                 more = self._receive.receive_nowait()
             except (anyio.WouldBlock, anyio.EndOfStream):
                 break
-            if merged is None:
-                merged = list(batch)
-            merged.extend(more)
-            if len(merged) >= MAX_WRITE:
-                break
-        return batch if merged is None else merged
+            parts.append(more)
+            if type(more) is list:
+                size += len(more)
+        return parts
 
-    async def _process(self, batch: list[ev.Item]) -> None:
-        start = 0
-        for i, item in enumerate(batch):
-            if item.kind == "flush":
-                if not self.failed and i > start:
-                    await self._write(batch[start:i])
-                start = i + 1
-                flushed = not self.failed and await self._attempt("flush", self.sink.flush)
-                if item.completion is not None:  # type: ignore[union-attr]
-                    item.completion.done(ok=flushed)  # type: ignore[union-attr]
-            elif item.kind in ("barrier", "stop"):
-                if not self.failed and i > start:
-                    await self._write(batch[start:i])
-                start = i + 1
+    async def _process(self, parts: list[Part]) -> None:
+        # Consecutive batches go to the sink as one write; a flush ends a write.
+        pending: list[ev.Event] | None = None
+        owned = False  # batches are shared with the other runners: copy before extending
+        for part in parts:
+            if type(part) is list:
+                if pending is None:
+                    pending = part
+                else:
+                    if not owned:
+                        pending, owned = list(pending), True
+                    pending.extend(part)
+                continue
+            if pending:
+                await self._write(pending)
+            pending, owned = None, False
+            await self._flush(part)  # type: ignore[arg-type]
+        if pending:
+            await self._write(pending)
+
+    async def _flush(self, flush: ev.Flush) -> None:
+        flushed = not self.failed and await self._attempt("flush", self.sink.flush)
+        if flush.completion is not None:
+            flush.completion.done(ok=flushed)
+
+    async def _write(self, events: list[ev.Event]) -> None:
         if self.failed:
-            self._discard(batch[start:])
-        elif start < len(batch):
-            await self._write(batch if start == 0 else batch[start:])
-
-    async def _write(self, events: list[ev.Item]) -> None:
-        if await self._attempt("write", self.sink.write, events):
+            self.stats.dropped += len(events)
+        elif await self._attempt("write", self.sink.write, events):
             self.stats.written += len(events)
         else:
             self.stats.dropped += len(events)

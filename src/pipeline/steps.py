@@ -71,7 +71,37 @@ class StepMerger:
         """Process one item, emitting zero or more items downstream."""
         kind = item.kind
         if kind == "log":
-            self._log(item, emit)  # type: ignore[arg-type]
+            c: ev.LogCall = item  # type: ignore[assignment]
+            if (
+                c.step is None
+                and c.commit is None
+                and self.row is None
+                and c.data
+                and not self._has_sync
+            ):
+                # The common case, one call making one row, without the general path.
+                ts = c.ts
+                step = self.step
+                self.step = step + 1
+                self.rows += 1
+                self.row_ts = ts
+                emit(
+                    _new(
+                        ev.HistoryRow,
+                        (
+                            self.run_id,
+                            self.seq(),
+                            ts,
+                            step,
+                            ts - self.start_ts,
+                            c.data,
+                            c.nonfinite,
+                            "row",
+                        ),
+                    )
+                )
+                return
+            self._log(c, emit)
         elif kind == "flush":
             if self.row is not None and self.row_dirty:
                 self._emit_partial(emit)

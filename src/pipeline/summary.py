@@ -121,6 +121,7 @@ class SummaryStage:
         self.deleted: set[str] = set()
         self._specs: NameMatcher[MetricSpec] = NameMatcher()
         self._has_specs = False  # a plain attribute: checked once per row
+        self._plain = True  # no definitions, overrides or deletions yet
         self._dirty = False
         self._ts = 0.0
 
@@ -130,6 +131,13 @@ class SummaryStage:
         """Process one item, emitting it (and a snapshot before flush/stop)."""
         kind = item.kind
         if kind == "row":
+            if self._plain:
+                # No definitions or overrides: the summary is each key's last value.
+                self.last.update(item.data)  # type: ignore[union-attr]
+                self._dirty = True
+                self._ts = item.ts  # type: ignore[union-attr]
+                emit(item)
+                return
             self.add_row(item.data, item.ts)  # type: ignore[union-attr]
         elif kind == "flush" or kind == "stop":
             if self._dirty:
@@ -170,6 +178,7 @@ class SummaryStage:
         """Register a metric definition; later rows aggregate by it."""
         self._specs.set(m.name, MetricSpec(m.summary, m.goal))
         self._has_specs = True
+        self._plain = False
         # Keys seen before the definition carry their last value over as history.
         for k in [k for k in self.last if self._specs.get(k) is not None]:
             agg = self.aggs[k] = _Agg()
@@ -179,6 +188,7 @@ class SummaryStage:
 
     def override(self, values: dict[str, Any], deleted: Iterable[str]) -> None:
         """Apply ``run.summary[k] = v`` and ``del run.summary[k]``."""
+        self._plain = False
         for k in deleted:
             self.overrides.pop(k, None)
             self.deleted.add(k)
