@@ -29,7 +29,7 @@ from sinks.base import Sink, SinkClosedError
 log = logging.getLogger("runbus")
 
 #: Events handed to one ``write`` at most (queued batches are coalesced up to it).
-MAX_WRITE = 4096
+MAX_WRITE = 1024
 _BACKOFF_BASE = 0.05
 _BACKOFF_MAX = 2.0
 

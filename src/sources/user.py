@@ -20,7 +20,7 @@ import anyio.lowlevel
 from pipeline import events as ev
 
 #: Items handed to the stages per batch at most.
-MAX_BATCH = 1024
+MAX_BATCH = 512
 #: While data keeps coming, the intake waits this long between drains, so the
 #: caller never pays for a wake-up and the stages see big batches.
 LINGER = 0.002
