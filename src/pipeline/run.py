@@ -15,7 +15,7 @@ import os
 import sys
 import threading
 import time
-from collections.abc import Iterator, Mapping, MutableMapping
+from collections.abc import Callable, Iterator, Mapping, MutableMapping
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -190,6 +190,8 @@ class Run:
         self._task: asyncio.Task[None] | None = None
         self.exit_code: int | None = None
         self._forked_from: int | None = None
+        # Called at finish before the final events, e.g. to restore the console.
+        self._closers: list[Callable[[], None]] = []
 
         seq = sequencer(info.last_seq)
         first_step = 0
@@ -521,9 +523,18 @@ class Run:
             self._finished = True
         self.exit_code = exit_code
         _forget(self)
+        for close in reversed(self._closers):
+            try:
+                close()
+            except Exception:  # a source failing to stop must not stop the finish
+                log.exception("runbus: stopping a source of run %s failed", self.id)
         if not self._disabled:
             self._source.put_urgent(ev.Stop(exit_code))
         return True
+
+    def _add_closer(self, close: Callable[[], None]) -> None:
+        """Call ``close`` at finish, before the final events (sources use this)."""
+        self._closers.append(close)
 
     def _join(self, timeout: float | None) -> None:
         if self._disabled:
@@ -631,6 +642,7 @@ def _after_fork_in_child() -> None:
     for run in _live:
         run._forked_from = parent
         run._finished = True
+        run._source.closed = True  # nothing drains it here: never wait for room
     _live.clear()
 
 
