@@ -118,26 +118,41 @@ class Bus:
             for spec in sinks
         ]
         self.sources: list[SourceFn] = []
+        self._graceful: set[SourceFn] = set()
+        self._grace = 0.0
+        self._graceful_left = 0
+        self._graceful_done: anyio.Event | None = None
         self._out: list[ev.Item] = []
         self._feed = _chain([merger, summary], self._out.append)
         self._sources_scope: anyio.CancelScope | None = None
         self.stopped = False
 
-    def add_source(self, fn: SourceFn) -> None:
-        """Run ``fn`` beside the user's calls until shutdown (before :meth:`run`)."""
+    def add_source(self, fn: SourceFn, *, grace: float = 0.0) -> None:
+        """Run ``fn`` beside the user's calls until shutdown (before :meth:`run`).
+
+        ``grace``: at finish, wait up to this many seconds for ``fn`` to return
+        on its own before it is cancelled (for one-shot sources such as the
+        probe, so even a short run gets their results).
+        """
         self.sources.append(fn)
+        if grace > 0:
+            self._grace = max(self._grace, grace)
+            self._graceful.add(fn)
 
     async def run(self) -> None:
         """Run until a ``Stop`` has been processed and every sink is closed."""
         self.source.attach()
         self._sources_scope = anyio.CancelScope()
+        self._graceful_left = len(self._graceful)
+        self._graceful_done = anyio.Event()
         send, receive = anyio.create_memory_object_stream[list[ev.Item]](2)
         try:
             async with anyio.create_task_group() as tg:
                 for runner in self.runners:
                     tg.start_soon(runner.run, name=f"runbus sink {runner.name}")
-                for fn in [self._ticker, *self.sources]:
-                    tg.start_soon(self._run_source, fn, send.clone())
+                tg.start_soon(
+                    self._run_sources, [(fn, send.clone()) for fn in [self._ticker, *self.sources]]
+                )
                 tg.start_soon(self._intake, send)
                 try:
                     await self._stage_loop(receive)
@@ -152,15 +167,31 @@ class Bus:
         if self._sources_scope is not None:
             self._sources_scope.cancel()
 
+    async def _run_sources(
+        self, sources: list[tuple[SourceFn, MemoryObjectSendStream[list[ev.Item]]]]
+    ) -> None:
+        # One scope for all sources, so shutdown cancels them together.
+        assert self._sources_scope is not None
+        try:
+            with self._sources_scope:
+                async with anyio.create_task_group() as tg:
+                    for fn, send in sources:
+                        tg.start_soon(self._run_source, fn, send)
+        finally:
+            for _, send in sources:
+                send.close()
+
     async def _run_source(self, fn: SourceFn, send: MemoryObjectSendStream[list[ev.Item]]) -> None:
-        async with send:
-            assert self._sources_scope is not None
-            # A closed stream means the stage task has gone away: the run is ending.
-            with (
-                self._sources_scope,
-                contextlib.suppress(anyio.BrokenResourceError, anyio.ClosedResourceError),
-            ):
-                await fn(send)
+        try:
+            async with send:
+                # A closed stream means the stage task has gone away: the run is ending.
+                with contextlib.suppress(anyio.BrokenResourceError, anyio.ClosedResourceError):
+                    await fn(send)
+        finally:
+            if fn in self._graceful:
+                self._graceful_left -= 1
+                if not self._graceful_left and self._graceful_done is not None:
+                    self._graceful_done.set()
 
     async def _ticker(self, send: MemoryObjectSendStream[list[ev.Item]]) -> None:
         interval = self.settings.flush_interval
@@ -176,6 +207,9 @@ class Bus:
                     continue
                 stop = batch[-1].kind == "stop"
                 if stop:
+                    if self._graceful_done is not None and self._graceful_left:
+                        with anyio.move_on_after(self._grace):
+                            await self._graceful_done.wait()
                     # Other sources end first so nothing follows the Finish event.
                     self._cancel_sources()
                 await send.send(batch)

@@ -252,7 +252,10 @@ def init(
     )
     _remember(run)
     if not disabled:
+        from sources.auto import attach_sources
+
         _install_exit_hooks()
+        attach_sources(run)
     run._start()
     return run
 

@@ -18,6 +18,7 @@ from pipeline import events as ev
 from pipeline.eventlog import ReadResult, read_events
 from pipeline.steps import StepMerger, sequencer
 from pipeline.summary import SummaryStage
+from sinks.disk import output_text
 
 EVENTS_FILE = "events.log"
 #: Metadata a finished segment wrote that a resumed (running) run no longer has.
@@ -132,8 +133,8 @@ class Replay:
                 self.refused.append(e)  # type: ignore[arg-type]
             elif kind == "stats":
                 self.stats.append(e)  # type: ignore[arg-type]
-            elif kind == "output":
-                self.output.append(e.text)  # type: ignore[union-attr]
+            elif type(e) is ev.Output:
+                self.output.append(output_text(e))
             elif kind == "file":
                 self.files.append(e)  # type: ignore[arg-type]
             elif kind == "finish":

@@ -13,6 +13,7 @@ NamePolicy = Literal["warn", "strict", "off"]
 Mode = Literal["offline", "online", "disabled"]
 QueuePolicy = Literal["block", "drop_newest"]
 PipelinePlace = Literal["auto", "thread", "loop"]
+ConsoleMode = Literal["wrap", "fd", "off"]
 
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
@@ -58,6 +59,34 @@ class Settings:
     #: a Jupyter/IPython kernel, whose cells call ``finish()`` synchronously.
     #: ``RUNBUS_PIPELINE``.
     pipeline: PipelinePlace = "auto"
+    #: Sample system metrics (CPU, memory, disk, network, GPUs). ``RUNBUS_SYSTEM``.
+    system: bool = True
+    #: Seconds between system samples (at least 0.1). ``RUNBUS_SYSTEM_INTERVAL``.
+    system_interval: float = 10.0
+    #: Count the whole process tree (e.g. DataLoader workers) in the process
+    #: metrics, not only this process. ``RUNBUS_SYSTEM_PROCESS_TREE``.
+    system_process_tree: bool = False
+    #: Sample NVIDIA GPUs through NVML (skipped quietly where there are none).
+    #: ``RUNBUS_GPU``.
+    gpu: bool = True
+    #: Console capture: ``"wrap"`` tees Python-level writes to stdout/stderr,
+    #: ``"fd"`` also catches subprocesses and C extensions (file-descriptor
+    #: level), ``"off"`` leaves the console alone. ``RUNBUS_CONSOLE``.
+    console: ConsoleMode = "wrap"
+    #: Longest console line kept in ``output.log``; longer ones are cut with a note.
+    #: ``RUNBUS_CONSOLE_MAX_LINE``.
+    console_max_line: int = 16384
+    #: Record git commit, branch, remote, dirty flag and ``diff.patch``. ``RUNBUS_GIT``.
+    git: bool = True
+    #: Bytes of ``diff.patch`` kept at most; a larger diff is cut with a note.
+    #: ``RUNBUS_DIFF_LIMIT``.
+    diff_limit: int = 10 * 1024 * 1024
+    #: Write ``requirements.txt`` of the environment. ``RUNBUS_REQUIREMENTS``.
+    requirements: bool = True
+    #: Record host, user, OS, Python, working directory, CPU, memory,
+    #: ``CUDA_VISIBLE_DEVICES`` and SLURM variables in the metadata (GPU details
+    #: come from the system sampler). ``RUNBUS_METADATA``.
+    metadata: bool = True
 
     def __post_init__(self) -> None:
         if self.name_policy not in ("warn", "strict", "off"):
@@ -77,6 +106,19 @@ class Settings:
             raise ValueError(
                 f"settings.pipeline must be 'auto', 'thread' or 'loop', not {self.pipeline!r}"
             )
+        if self.console not in ("wrap", "fd", "off"):
+            raise ValueError(
+                f"settings.console must be 'wrap', 'fd' or 'off', not {self.console!r}"
+            )
+        interval = self.system_interval
+        if isinstance(interval, bool) or not isinstance(interval, int | float) or interval < 0.1:
+            raise ValueError(
+                f"settings.system_interval must be at least 0.1 seconds, not {interval!r}"
+            )
+        for name in ("console_max_line", "diff_limit"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"settings.{name} must be a positive integer, not {value!r}")
         if not all(isinstance(s, str) and s for s in self.sinks):
             raise ValueError(f"settings.sinks must be entry point names, not {self.sinks!r}")
 
@@ -145,14 +187,28 @@ def _from_env() -> dict[str, Any]:
         found["name_policy"] = policy.strip().lower()
     if (place := os.environ.get("RUNBUS_PIPELINE")) is not None:
         found["pipeline"] = place.strip().lower()
+    if (console := os.environ.get("RUNBUS_CONSOLE")) is not None:
+        found["console"] = console.strip().lower()
     for key, var, kind in (
         ("flush_interval", "RUNBUS_FLUSH_INTERVAL", float),
         ("sink_timeout", "RUNBUS_SINK_TIMEOUT", float),
         ("max_backlog", "RUNBUS_MAX_BACKLOG", int),
+        ("system_interval", "RUNBUS_SYSTEM_INTERVAL", float),
+        ("console_max_line", "RUNBUS_CONSOLE_MAX_LINE", int),
+        ("diff_limit", "RUNBUS_DIFF_LIMIT", int),
     ):
         if (num := _env_number(var, kind)) is not None:
             found[key] = num
-    for key, var in (("quiet", "RUNBUS_QUIET"), ("compress", "RUNBUS_COMPRESS")):
+    for key, var in (
+        ("quiet", "RUNBUS_QUIET"),
+        ("compress", "RUNBUS_COMPRESS"),
+        ("system", "RUNBUS_SYSTEM"),
+        ("system_process_tree", "RUNBUS_SYSTEM_PROCESS_TREE"),
+        ("gpu", "RUNBUS_GPU"),
+        ("git", "RUNBUS_GIT"),
+        ("requirements", "RUNBUS_REQUIREMENTS"),
+        ("metadata", "RUNBUS_METADATA"),
+    ):
         if (flag := _env_bool(var)) is not None:
             found[key] = flag
     if (sinks := os.environ.get("RUNBUS_SINKS")) is not None:

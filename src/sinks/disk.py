@@ -32,6 +32,8 @@ from sinks.base import SinkClosedError
 FRAME_EVENTS = 256
 EVENTS_FILE = "events.log"
 LATEST = "latest-run"
+#: Prefix of each stderr line in ``output.log`` (stdout lines are unmarked).
+STDERR_MARK = "[stderr] "
 
 
 class DiskSink:
@@ -89,7 +91,7 @@ class DiskSink:
                 self._summary = e.values  # type: ignore[union-attr]
                 self._dirty.add("summary")
             elif kind == "output":
-                self._output.append(e.text)  # type: ignore[union-attr]
+                self._output.append(output_text(e))  # type: ignore[arg-type]
             elif kind == "log":
                 continue  # input events are not stored
             pending.append(e)
@@ -182,6 +184,13 @@ class DiskSink:
                 setattr(self, attr, None)
                 with contextlib.suppress(OSError):
                     os.close(fd)
+
+
+def output_text(e: ev.Output) -> str:
+    """An output event as ``output.log`` holds it: stderr lines are marked."""
+    if e.stream != "stderr":
+        return e.text
+    return "".join(STDERR_MARK + line for line in e.text.splitlines(keepends=True))
 
 
 def prepare_run_dir(run_dir: Path) -> None:

@@ -87,7 +87,10 @@ class StdoutSink:
     async def open(self, run: RunInfo) -> None:
         """Print the run's name, id and directory."""
         self._run = run
-        self._stream = self._stream_arg if self._stream_arg is not None else sys.stdout
+        stream = self._stream_arg if self._stream_arg is not None else sys.stdout
+        # Under console capture sys.stdout is runbus's tee: runbus's own lines go
+        # straight to the terminal, not into the run's output.log.
+        self._stream = getattr(stream, "runbus_passthrough", stream)
         resumed = " resumed" if run.resumed else ""
         self._print(f"runbus: run {run.name} ({run.id}){resumed} -> {run.dir}")
 

@@ -46,7 +46,11 @@ class CallSource:
     # -- caller side -----------------------------------------------------------
 
     def put(self, item: ev.Item) -> None:
-        """Hand one item to the pipeline (any thread)."""
+        """Hand one item to the pipeline (any thread).
+
+        The item is appended before any wait for room: the console capture
+        relies on that to hand lines over without losing them.
+        """
         buf = self._buf
         buf.append(item)
         if self.asleep:

@@ -38,7 +38,7 @@ def test_json_files_are_current_after_flush_not_only_at_finish(tmp_path: Path) -
     assert summary == {"best": 0.9, "loss": 0.5}
     assert meta["state"] == "running"
     assert meta["id"] == run.id
-    leftovers = [p.name for p in run.dir.iterdir() if p.name.startswith(".")]
+    leftovers = [p.name for p in run.dir.iterdir() if p.name.endswith(".json.tmp")]
     assert leftovers == [], "temp files of the atomic rewrite are renamed away"
     run.finish()
     assert json.loads((run.dir / "metadata.json").read_text())["state"] == "finished"
