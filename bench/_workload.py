@@ -120,6 +120,22 @@ def _open_runbus(mod: Any, out: Path) -> Opened:
     return Opened(run.log, run.finish)
 
 
+#: The automatic sources off: like with like against wandb-lean.
+LEAN_SETTINGS = {
+    "quiet": True,
+    "system": False,
+    "console": "off",
+    "git": False,
+    "requirements": False,
+    "metadata": False,
+}
+
+
+def _open_runbus_lean(mod: Any, out: Path) -> Opened:
+    run = mod.init(project="bench", dir=str(out), settings=LEAN_SETTINGS)
+    return Opened(run.log, run.finish)
+
+
 def _env_wandb(tmp: Path, out: Path) -> dict[str, str]:
     return {
         "WANDB_MODE": "offline",
@@ -192,7 +208,18 @@ TRACKERS: dict[str, Tracker] = {
             _env_runbus,
             _open_runbus,
             'pipeline.init(project="bench", dir=tmp, settings={"quiet": True}); '
-            "run.log(row); run.finish(); all other settings default",
+            "run.log(row); run.finish(); all other settings default (system metrics, "
+            "console capture, git, requirements and metadata on)",
+        ),
+        Tracker(
+            "runbus-lean",
+            "pipeline",
+            None,
+            None,
+            _env_runbus,
+            _open_runbus_lean,
+            "as runbus, with settings system=False, console='off', git=False, "
+            "requirements=False, metadata=False (compare with wandb-lean)",
         ),
         Tracker(
             "bare",
@@ -225,8 +252,7 @@ TRACKERS: dict[str, Tracker] = {
             _open_wandb_lean,
             'as wandb, plus wandb.Settings(console="off", x_disable_stats=True, '
             "x_disable_meta=True, x_save_requirements=False, disable_git=True): no system "
-            "metrics, console capture, metadata, requirements or git, which runbus does not "
-            "gather yet either",
+            "metrics, console capture, metadata, requirements or git (compare with runbus-lean)",
         ),
         Tracker(
             "trackio",
@@ -262,7 +288,7 @@ def availability(name: str) -> tuple[bool, str, dict[str, str]]:
     but this checkout's ``src/`` has it, children get ``PYTHONPATH=src``.
     """
     tracker = TRACKERS[name]
-    if name == "runbus":
+    if name in ("runbus", "runbus-lean"):
         extra: dict[str, str] = {}
         spec = importlib.util.find_spec("pipeline")
         src = REPO / "src"

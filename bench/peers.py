@@ -34,7 +34,7 @@ from _workload import (
     write_json,
 )
 
-ORDER = ("runbus", "bare", "wandb", "wandb-lean", "trackio", "tensorboardX")
+ORDER = ("runbus", "runbus-lean", "bare", "wandb", "wandb-lean", "trackio", "tensorboardX")
 #: Goal: runbus whole run at least this many times faster than the peer.
 SPEEDUP_GOALS = {"wandb": 25.0, "trackio": 4.0}
 #: Goal: runbus whole run at most this many times the bare loop's.
@@ -169,6 +169,16 @@ def main(argv: Sequence[str] | None = None) -> int:
                 continue
             if name == "runbus":
                 rel = "1.00x"
+            elif name == "runbus-lean":
+                lean = _paired_ratio(runs, "wandb-lean", "runbus-lean", steps)
+                rel = "n/a" if lean is None else f"{lean:.1f}x faster than wandb-lean"
+                goals.append(
+                    {
+                        "goal": f"runbus-lean vs wandb-lean, {steps:,} steps (report)",
+                        "measured": lean,
+                        "met": None,
+                    }
+                )
             elif name == "bare":
                 ratio = _paired_ratio(runs, "runbus", "bare", steps)
                 rel = f"runbus takes {ratio:.2f}x (goal <= {BARE_GOAL:g}x)" if ratio else "n/a"
