@@ -10,7 +10,14 @@ from typing import Any
 
 __version__ = "0.1.0"
 
+from pipeline import plot
 from pipeline.launch import init
+from pipeline.media.audio import Audio
+from pipeline.media.histogram import Histogram
+from pipeline.media.html import Html
+from pipeline.media.image import Image
+from pipeline.media.table import Table
+from pipeline.media.video import Video
 from pipeline.names import NameWarning
 from pipeline.reader import RunData, read_run
 from pipeline.run import (
@@ -25,7 +32,11 @@ from pipeline.settings import Settings
 from pipeline.steps import StepWarning
 
 __all__ = [
+    "Audio",
     "Config",
+    "Histogram",
+    "Html",
+    "Image",
     "NameWarning",
     "Run",
     "RunData",
@@ -34,6 +45,8 @@ __all__ = [
     "SinkSpec",
     "StepWarning",
     "SummaryView",
+    "Table",
+    "Video",
     "__version__",
     "current_run",
     "define_metric",
@@ -41,6 +54,7 @@ __all__ = [
     "flush",
     "init",
     "log",
+    "plot",
     "read_run",
 ]
 

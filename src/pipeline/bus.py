@@ -22,6 +22,7 @@ import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from pipeline import events as ev
+from pipeline.media.base import encode_values
 from pipeline.runinfo import RunInfo
 from pipeline.runner import Part, SinkRunner, SinkSpec
 from pipeline.settings import Settings
@@ -226,14 +227,41 @@ class Bus:
                 if self.stopped:
                     continue  # a source raced the shutdown; the run has ended
                 for item in batch:
-                    if item.kind in numbered and item.seq == 0:  # type: ignore[union-attr]
+                    kind = item.kind
+                    if kind in numbered and item.seq == 0:  # type: ignore[union-attr]
                         item = _numbered(item, self.seq())
+                    elif kind == "log" and item.media:  # type: ignore[union-attr]
+                        item = await self._encode_media(item, feed)  # type: ignore[arg-type]
                     feed(item)
                 if not out:
                     continue
                 emitted = out.copy()
                 out.clear()
                 await self._fan_out(emitted)
+
+    async def _encode_media(self, call: ev.LogCall, feed: Callable[[ev.Item], None]) -> ev.LogCall:
+        """The media stage: encode a call's media values off the loop, into files.
+
+        The files are announced (``FileSaved``) before the row that refers to
+        them. A value that fails to encode is reported with its key and step
+        and left out; the rest of the row is kept.
+        """
+        # The row lands at the call's step, or at the merger's current one.
+        step = call.step if call.step is not None else self.merger.step
+        data, saved, failed = await anyio.to_thread.run_sync(
+            encode_values, self.info.id, self.info.dir, call.data, step
+        )
+        for key, exc in failed:
+            log.warning(
+                "runbus: %r at step %d could not be stored (%s: %s); the rest of the row is kept",
+                key,
+                step,
+                type(exc).__name__,
+                exc,
+            )
+        for file in saved:
+            feed(_numbered(file, self.seq()))
+        return call._replace(data=data, media=False)
 
     async def _fan_out(self, items: list[ev.Item]) -> None:
         flushes: list[ev.Completion] = []

@@ -10,6 +10,7 @@ import argparse
 import csv
 import json
 import os
+import shutil
 import sys
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -285,17 +286,55 @@ def _csv_cell(v: Any) -> str:
 def _cmd_export(args: argparse.Namespace, out: TextIO) -> int:
     runs, path = _lookup(args)
     data = runs.read(path)
-    rows = sorted(data.history, key=lambda r: r.get("_step", 0))
+    rows = [_portable(r) for r in sorted(data.history, key=lambda r: r.get("_step", 0))]
     keys = _ordered_keys(rows)
+    media = [f for f in data.files if f.startswith("media/")]
     if args.output is not None:
         try:
             with open(args.output, "w", encoding="utf-8", newline="") as f:
                 _export(rows, keys, args.format, f)
+            copied = _copy_media(data.path, media, Path(args.output).resolve().parent)
         except OSError as exc:
             raise CliError(f"cannot write {args.output}: {exc}") from exc
+        if copied:
+            print(
+                f"runbus: copied {copied} media file(s) into "
+                f"{Path(args.output).parent / 'media'} (rows refer to them by relative path)",
+                file=sys.stderr,
+            )
     else:
         _export(rows, keys, args.format, out)
+        if media:
+            print(
+                f"runbus: {len(media)} media file(s) stay in {data.path / 'media'}; "
+                f"use -o FILE to copy them next to the export",
+                file=sys.stderr,
+            )
     return 0
+
+
+def _portable(row: Mapping[str, Any]) -> dict[str, Any]:
+    """A row without machine-local paths: media keep their run-relative ``path``."""
+    return {k: _strip_local(v) for k, v in row.items()}
+
+
+def _strip_local(value: Any) -> Any:
+    if type(value) is dict:
+        return {k: _strip_local(v) for k, v in value.items() if k != "local_path"}
+    if type(value) is list:
+        return [_strip_local(v) for v in value]
+    return value
+
+
+def _copy_media(run_dir: Path, media: list[str], dest: Path) -> int:
+    """Copy the run's media files under ``dest``, keeping their relative paths."""
+    if dest == run_dir.resolve():
+        return 0
+    for rel in media:
+        target = dest / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(run_dir / rel, target)
+    return len(media)
 
 
 def _export(rows: Sequence[Mapping[str, Any]], keys: list[str], fmt: str, f: TextIO) -> None:

@@ -34,6 +34,7 @@ class LogCall(NamedTuple):
     step: int | None
     commit: bool | None
     nonfinite: bool  # some float in ``data`` is NaN or infinite
+    media: bool  # ``data`` holds media values, to be encoded off the caller's thread
     kind: str = "log"
 
 

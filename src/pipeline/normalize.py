@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from pipeline.jsoncodec import TAG as NONFINITE_TAG
+from pipeline.media.base import Media, MediaList
 from pipeline.names import NameChecker
 
 _INT_MIN = -(2**63)
@@ -18,11 +19,15 @@ _INT_MAX = 2**64 - 1
 #: numpy/torch arrays up to this many elements are stored as a list.
 MAX_LIST = 32
 
-_ACCEPTS = "numbers, strings, bools, None, nested dicts, lists of scalars, and numpy/torch scalars"
+_ACCEPTS = (
+    "numbers, strings, bools, None, nested dicts, lists of scalars, numpy/torch scalars, "
+    "and pipeline media (Image, Audio, Video, Html, Table, Histogram)"
+)
 
 
-def prepare_row(data: object, names: NameChecker) -> tuple[dict[str, Any], bool]:
-    """A private, flattened copy of ``data`` and whether it holds NaN/inf.
+def prepare_row(data: object, names: NameChecker) -> tuple[dict[str, Any], bool, bool]:
+    """A private, flattened copy of ``data``, whether it holds NaN/inf, and
+    whether it holds media (frozen here; encoded later, off this thread).
 
     Raises ``TypeError``/``ValueError`` naming the key for input that can never
     be stored.
@@ -49,7 +54,7 @@ def prepare_row(data: object, names: NameChecker) -> tuple[dict[str, Any], bool]
                 raise ValueError(_big_int(k))
         elif t is not str and t is not bool and v is not None:
             return _prepare_slow(data, names)
-    return dict(data), nonfinite
+    return dict(data), nonfinite, False
 
 
 def _big_int(key: str) -> str:
@@ -59,18 +64,22 @@ def _big_int(key: str) -> str:
     )
 
 
-def _prepare_slow(data: Mapping[Any, Any], names: NameChecker) -> tuple[dict[str, Any], bool]:
+def _prepare_slow(data: Mapping[Any, Any], names: NameChecker) -> tuple[dict[str, Any], bool, bool]:
     out: dict[str, Any] = {}
     _flatten_into(out, "", data, names)
-    nonfinite = False
+    nonfinite = media = False
     for v in out.values():
-        if type(v) is float and v - v != 0.0:
+        if _has_nonfinite_scalar(v):
             nonfinite = True
-            break
-        if type(v) is list and any(type(x) is float and x - x != 0.0 for x in v):
-            nonfinite = True
-            break
-    return out, nonfinite
+        elif isinstance(v, Media):
+            media = True
+    return out, nonfinite, media
+
+
+def _has_nonfinite_scalar(v: Any) -> bool:
+    if type(v) is float:
+        return bool(v - v != 0.0)
+    return type(v) is list and any(type(x) is float and x - x != 0.0 for x in v)
 
 
 def _flatten_into(
@@ -122,7 +131,11 @@ def to_scalar(key: str, v: Any) -> Any:
 def to_scalar_or_list(key: str, v: Any) -> Any:
     """Like :func:`to_scalar`, also taking short lists/tuples/arrays of scalars."""
     t = type(v)
+    if isinstance(v, Media):
+        return v._freeze()
     if t is list or t is tuple:
+        if v and all(isinstance(x, Media) for x in v):
+            return MediaList(list(v))._freeze()
         return [to_scalar(f"{key}[{i}]", x) for i, x in enumerate(v)]
     module = t.__module__.partition(".")[0]
     if module in ("numpy", "torch") and hasattr(v, "shape"):
@@ -131,11 +144,10 @@ def to_scalar_or_list(key: str, v: Any) -> Any:
             return to_scalar(key, v.item())
         if len(v.shape) == 1 and size <= MAX_LIST:
             return [to_scalar(f"{key}[{i}]", x) for i, x in enumerate(v.tolist())]
-        raise ValueError(
-            f"run.log(): value of {key!r} is an array of shape {tuple(v.shape)}; runbus stores "
-            f"arrays of up to {MAX_LIST} elements (1-D) as lists. Log a summary of it "
-            f"(e.g. float(x.mean())) or split it into named scalars"
-        )
+        # Larger arrays are summarised as a histogram (copied now, binned later).
+        from pipeline.media.histogram import Histogram
+
+        return Histogram(v)._freeze()
     return to_scalar(key, v)
 
 

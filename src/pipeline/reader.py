@@ -270,7 +270,7 @@ def read_run(path: str | os.PathLike[str]) -> RunData:
         # A live run's summary counts an open row only once it is committed.
         summary=replay.summary(open_rows=state != "running").snapshot(),
         metadata=meta,
-        history=replay.history(),
+        history=_with_local_paths(replay.history(), run_dir) if replay.files else replay.history(),
         system=[{"_timestamp": s.ts, "_runtime": s.runtime, **s.values} for s in replay.stats],
         output=output,
         files=files,
@@ -292,6 +292,27 @@ def read_run(path: str | os.PathLike[str]) -> RunData:
             for r in replay.refused
         ],
     )
+
+
+def _with_local_paths(rows: list[dict[str, Any]], run_dir: Path) -> list[dict[str, Any]]:
+    """Media references gain ``local_path``: where their file is on this machine."""
+    for row in rows:
+        for value in row.values():
+            if type(value) is dict and "_type" in value:
+                _resolve(value, run_dir)
+    return rows
+
+
+def _resolve(ref: dict[str, Any], run_dir: Path) -> None:
+    path = ref.get("path")
+    if isinstance(path, str):
+        ref["local_path"] = str(run_dir / path)
+    for item in ref.get("items", ()) if isinstance(ref.get("items"), list) else ():
+        if type(item) is dict:
+            _resolve(item, run_dir)
+    table = ref.get("table")  # a plot's table
+    if type(table) is dict:
+        _resolve(table, run_dir)
 
 
 def _state(replay: Replay) -> str:

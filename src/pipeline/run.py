@@ -29,6 +29,7 @@ import anyio._backends._asyncio
 
 from pipeline import events as ev
 from pipeline.bus import Bus
+from pipeline.media.base import Media
 from pipeline.names import NameChecker
 from pipeline.normalize import prepare_row, to_config_dict
 from pipeline.runinfo import RunInfo
@@ -190,6 +191,11 @@ class Run:
         self._task: asyncio.Task[None] | None = None
         self.exit_code: int | None = None
         self._forked_from: int | None = None
+        # Values queued by attach() (run.watch) for the next log() call.
+        self._extra: dict[str, Any] = {}
+        self._extra_lock = threading.Lock()
+        # Hook handles of run.watch(), owned by pipeline.watch.
+        self._watches: list[Any] = []
         # Called at finish before the final events, e.g. to restore the console.
         self._closers: list[Callable[[], None]] = []
 
@@ -326,7 +332,9 @@ class Run:
         """
         if self._finished:
             raise RunFinishedError(self._finished_message("run.log()"))
-        row, nonfinite = prepare_row(data, self._names)
+        row, nonfinite, media = prepare_row(data, self._names)
+        if self._extra:
+            media = self._merge_extra(row) or media
         if step is not None:
             step = _check_step(step)
         if commit is not None and commit is not True and commit is not False:
@@ -336,9 +344,62 @@ class Run:
         self._source.put(
             _new(
                 ev.LogCall,
-                (self._info.id, self._in_seq(), time.time(), row, step, commit, nonfinite, "log"),
+                (
+                    self._info.id,
+                    self._in_seq(),
+                    time.time(),
+                    row,
+                    step,
+                    commit,
+                    nonfinite,
+                    media,
+                    "log",
+                ),
             )
         )
+
+    def attach(self, values: Mapping[str, Any]) -> None:
+        """Queue values (e.g. ``run.watch`` histograms) to ride along with the next ``log()``.
+
+        Any thread may call it; the caller's keys win over attached ones on a
+        clash. Values must already be storable (numbers or media objects).
+        """
+        with self._extra_lock:
+            self._extra.update(values)
+
+    def _merge_extra(self, row: dict[str, Any]) -> bool:
+        with self._extra_lock:
+            extra, self._extra = self._extra, {}
+        media = False
+        for key, value in extra.items():
+            if key in row:
+                continue
+            if isinstance(value, Media):
+                value = value._freeze()
+                media = True
+            row[key] = value
+        return media
+
+    def watch(
+        self, models: Any, log: str = "gradients", log_freq: int = 100
+    ) -> None:
+        """Record histograms of a PyTorch model's gradients and/or parameters.
+
+        ``log``: ``"gradients"``, ``"parameters"`` or ``"all"``; every
+        ``log_freq`` backward passes the histograms ride along with your next
+        ``log()`` as ``gradients/<name>`` and ``parameters/<name>``. Needs
+        ``pip install runbus[torch]``.
+        """
+        from pipeline.watch import watch as start_watching
+
+        self._check_open("run.watch()")
+        start_watching(self, models, log=log, log_freq=log_freq)
+
+    def unwatch(self, models: Any = None) -> None:
+        """Stop watching ``models`` (all watched models when None)."""
+        from pipeline.watch import unwatch as stop_watching
+
+        stop_watching(self, models)
 
     def define_metric(
         self,
