@@ -380,9 +380,7 @@ class Run:
             row[key] = value
         return media
 
-    def watch(
-        self, models: Any, log: str = "gradients", log_freq: int = 100
-    ) -> None:
+    def watch(self, models: Any, log: str = "gradients", log_freq: int = 100) -> None:
         """Record histograms of a PyTorch model's gradients and/or parameters.
 
         ``log``: ``"gradients"``, ``"parameters"`` or ``"all"``; every
