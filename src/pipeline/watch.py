@@ -213,10 +213,7 @@ def histogram(tensor: torch.Tensor, bins: int = BINS) -> Histogram:
     one transfer, which matters for large GPU tensors.
     """
     counts, edges, dropped = bin_tensor(tensor, bins)
-    hist = Histogram(np_histogram=(counts, edges), num_bins=bins)
-    # np_histogram= has no way yet to say how many values were left out.
-    hist._binned = (counts, edges, dropped)
-    return hist
+    return Histogram(np_histogram=(counts, edges), num_bins=bins, dropped=dropped)
 
 
 def bin_tensor(tensor: torch.Tensor, bins: int = BINS) -> tuple[list[int], list[float], int]:

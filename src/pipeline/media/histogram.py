@@ -120,6 +120,8 @@ class Histogram(Media):
         sequence: Sequence[float] | Any = None,
         np_histogram: tuple[Any, Any] | None = None,
         num_bins: int = DEFAULT_BINS,
+        *,
+        dropped: int = 0,
     ) -> None:
         self.num_bins = _check_bins(num_bins)
         self._values: list[float] | None = None
@@ -128,7 +130,11 @@ class Histogram(Media):
         if (sequence is None) == (np_histogram is None):
             raise TypeError("Histogram: pass either a sequence of values or np_histogram=")
         if np_histogram is not None:
-            self._binned = _check_precomputed(np_histogram)
+            counts, edges, _ = _check_precomputed(np_histogram)
+            if isinstance(dropped, bool) or not isinstance(dropped, int) or dropped < 0:
+                raise ValueError(f"Histogram(dropped=...) must be a count >= 0, not {dropped!r}")
+            # Precomputed bins may come from values that had NaN/inf left out.
+            self._binned = (counts, edges, dropped)
         elif _is_array(sequence):
             self._array = _to_numpy(sequence)
         elif isinstance(sequence, list | tuple | range):
