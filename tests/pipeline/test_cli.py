@@ -224,3 +224,24 @@ def test_path_that_is_not_a_run_is_an_error(tmp_path: Path, capsys: Any) -> None
     code, _, err = run_cli(capsys, "show", str(tmp_path / "no" / "such"))
     assert code == 1
     assert "does not exist" in err
+
+
+def test_export_carries_media_along_and_keeps_paths_portable(tmp_path: Path, capsys: Any) -> None:
+    np = pytest.importorskip("numpy")
+    pytest.importorskip("PIL")
+    run = pipeline.init(
+        project="p",
+        dir=tmp_path / "runs",
+        settings={"quiet": True, "console": "off", "system": False, "git": False},
+    )
+    run.log({"img": pipeline.Image(np.zeros((4, 4, 3), dtype=np.uint8)), "loss": 1.0})
+    run.finish()
+    out = tmp_path / "export" / "rows.jsonl"
+    out.parent.mkdir()
+    assert main(["export", str(run.dir), "--format", "jsonl", "-o", str(out)]) == 0
+    row = json.loads(out.read_text().splitlines()[0])
+    ref = row["img"]
+    assert "local_path" not in ref, "no machine-local paths in an export"
+    copied = out.parent / ref["path"]
+    assert copied.read_bytes() == (run.dir / ref["path"]).read_bytes()
+    assert "copied 1 media file" in capsys.readouterr().err
