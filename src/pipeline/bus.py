@@ -261,7 +261,8 @@ class Bus:
             )
         for file in saved:
             feed(_numbered(file, self.seq()))
-        return call._replace(data=data, media=False)
+        self.source.media_done(call.media - 1)
+        return call._replace(data=data, media=0)
 
     async def _fan_out(self, items: list[ev.Item]) -> None:
         flushes: list[ev.Completion] = []

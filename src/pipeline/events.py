@@ -34,7 +34,7 @@ class LogCall(NamedTuple):
     step: int | None
     commit: bool | None
     nonfinite: bool  # some float in ``data`` is NaN or infinite
-    media: bool  # ``data`` holds media values, to be encoded off the caller's thread
+    media: int  # bytes of media copies in ``data`` (+1), to encode off the caller's thread; 0: none
     kind: str = "log"
 
 

@@ -179,7 +179,7 @@ class Run:
         self.settings = settings
         self._disabled = disabled
         self._names = NameChecker(settings.name_policy)
-        self._source = CallSource(settings.max_backlog)
+        self._source = CallSource(settings.max_backlog, settings.max_media_bytes)
         self._in_seq = itertools.count(1).__next__
         self._finished = False
         self._finish_lock = threading.Lock()
@@ -332,31 +332,35 @@ class Run:
         """
         if self._finished:
             raise RunFinishedError(self._finished_message("run.log()"))
-        row, nonfinite, media = prepare_row(data, self._names)
+        row, nonfinite, has_media = prepare_row(data, self._names)
         if self._extra:
-            media = self._merge_extra(row) or media
+            has_media = self._merge_extra(row) or has_media
+        # Media calls carry their copies' size (+1, so that 0 means none).
+        media = 1 + _media_bytes(row) if has_media else 0
         if step is not None:
             step = _check_step(step)
         if commit is not None and commit is not True and commit is not False:
             raise TypeError(f"run.log(commit=...) must be True, False or None, not {commit!r}")
         if self._disabled:
             return
-        self._source.put(
-            _new(
-                ev.LogCall,
-                (
-                    self._info.id,
-                    self._in_seq(),
-                    time.time(),
-                    row,
-                    step,
-                    commit,
-                    nonfinite,
-                    media,
-                    "log",
-                ),
-            )
+        call = _new(
+            ev.LogCall,
+            (
+                self._info.id,
+                self._in_seq(),
+                time.time(),
+                row,
+                step,
+                commit,
+                nonfinite,
+                media,
+                "log",
+            ),
         )
+        if media:
+            self._source.put_media(call, media - 1)
+        else:
+            self._source.put(call)
 
     def attach(self, values: Mapping[str, Any]) -> None:
         """Queue values (e.g. ``run.watch`` histograms) to ride along with the next ``log()``.
@@ -638,6 +642,10 @@ class Run:
         tb: TracebackType | None,
     ) -> None:
         await self.afinish(exit_code=0 if exc_type is None else 1)
+
+
+def _media_bytes(row: dict[str, Any]) -> int:
+    return sum(v._nbytes() for v in row.values() if isinstance(v, Media))
 
 
 def check_placement(place: str) -> None:

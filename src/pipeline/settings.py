@@ -43,6 +43,10 @@ class Settings:
     #: Log calls held for the pipeline before ``log()`` waits for it to catch up
     #: (from plain threads only; memory stays bounded). ``RUNBUS_MAX_BACKLOG``.
     max_backlog: int = 2048
+    #: Bytes of logged media copies (images, video, audio arrays) waiting to be
+    #: encoded before ``log()`` from a plain thread waits for the encoder.
+    #: ``RUNBUS_MAX_MEDIA_BYTES``.
+    max_media_bytes: int = 256 * 1024 * 1024
     #: Batches each sink's queue holds before its policy applies.
     queue_size: int = 4
     #: Seconds each sink gets to flush and close at finish before it is abandoned.
@@ -115,7 +119,7 @@ class Settings:
             raise ValueError(
                 f"settings.system_interval must be at least 0.1 seconds, not {interval!r}"
             )
-        for name in ("console_max_line", "diff_limit"):
+        for name in ("console_max_line", "diff_limit", "max_media_bytes"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"settings.{name} must be a positive integer, not {value!r}")
@@ -196,6 +200,7 @@ def _from_env() -> dict[str, Any]:
         ("system_interval", "RUNBUS_SYSTEM_INTERVAL", float),
         ("console_max_line", "RUNBUS_CONSOLE_MAX_LINE", int),
         ("diff_limit", "RUNBUS_DIFF_LIMIT", int),
+        ("max_media_bytes", "RUNBUS_MAX_MEDIA_BYTES", int),
     ):
         if (num := _env_number(var, kind)) is not None:
             found[key] = num

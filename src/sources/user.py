@@ -35,7 +35,7 @@ LINGER = 0.002
 class CallSource:
     """Hand-off buffer between ``run.log()`` callers and the pipeline."""
 
-    def __init__(self, max_backlog: int) -> None:
+    def __init__(self, max_backlog: int, max_media_bytes: int = 256 * 1024 * 1024) -> None:
         self._buf: deque[ev.Item] = deque()
         self.max_backlog = max_backlog
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -45,6 +45,9 @@ class CallSource:
         self._room = threading.Condition(threading.Lock())
         self._waiting = 0
         self.closed = False
+        self.max_media_bytes = max_media_bytes
+        #: Bytes of media copies handed over and not yet encoded.
+        self.media_bytes = 0
         #: Set before the pipeline thread starts: callers on other threads may then
         #: wait for room even before the pipeline's loop is up.
         self.threaded = False
@@ -61,6 +64,25 @@ class CallSource:
         buf.append(item)
         if len(buf) > self.max_backlog:
             self._wait_for_room()
+
+    def put_media(self, item: ev.Item, nbytes: int) -> None:
+        """Hand over a call holding media copies of ``nbytes`` bytes.
+
+        Media are bounded by bytes as well as by calls: a plain thread waits
+        while more than ``max_media_bytes`` of copies wait for encoding.
+        """
+        with self._room:
+            self.media_bytes += nbytes
+        self._buf.append(item)
+        if self.media_bytes > self.max_media_bytes or len(self._buf) > self.max_backlog:
+            self._wait_for_room()
+
+    def media_done(self, nbytes: int) -> None:
+        """The pipeline has encoded (and dropped its copies of) ``nbytes`` of media."""
+        with self._room:
+            self.media_bytes -= nbytes
+            if self._waiting:
+                self._room.notify_all()
 
     def put_urgent(self, item: ev.Item) -> None:
         """Hand over a control item and make sure the pipeline looks now."""
@@ -87,7 +109,10 @@ class CallSource:
             self._waiting += 1
             try:
                 self._wakeup()
-                while len(self._buf) > self.max_backlog // 2 and not self.closed:
+                while not self.closed and (
+                    len(self._buf) > self.max_backlog // 2
+                    or self.media_bytes > self.max_media_bytes
+                ):
                     self._room.wait(0.5)
             finally:
                 self._waiting -= 1

@@ -281,3 +281,22 @@ def test_bad_image_in_log_call_stores_nothing(tmp_path: Path) -> None:
     data = pipeline.read_run(run.dir)
     assert [r["loss"] for r in data.history] == [2.0]
     assert data.history[0]["_step"] == 0
+
+
+def test_media_waiting_for_encoding_is_bounded_by_bytes(tmp_path: Path) -> None:
+    limit = 1024 * 1024
+    run = pipeline.init(
+        project="p",
+        dir=tmp_path,
+        settings={**SETTINGS, "max_media_bytes": limit},
+    )
+    frame = np.zeros((256, 256, 3), dtype=np.uint8)  # 196,608 bytes a copy
+    for i in range(40):
+        frame[0, 0, 0] = i
+        run.log({"img": pipeline.Image(frame)})
+        # log() returns only once the copies waiting for the encoder fit the budget.
+        assert run._source.media_bytes <= limit
+    run.finish()
+    data = pipeline.read_run(run.dir)
+    assert len(data.history) == 40
+    assert all(Path(r["img"]["local_path"]).exists() for r in data.history)

@@ -35,6 +35,17 @@ class Media:
         """Write files through ``ctx`` and return the row's JSON reference (worker thread)."""
         raise NotImplementedError(f"{type(self).__name__} cannot be stored")
 
+    def _nbytes(self) -> int:
+        """Bytes of array copies held until encoded (bounds the media backlog)."""
+        total = 0
+        for v in vars(self).values():
+            module = type(v).__module__.partition(".")[0]
+            if module == "numpy":
+                total += int(getattr(v, "nbytes", 0))
+            elif module == "PIL":  # a copied PIL image: width x height x bands
+                total += int(v.width) * int(v.height) * len(v.getbands())
+        return total
+
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.-]+")
 
@@ -87,6 +98,9 @@ class MediaList(Media):
 
     def _freeze(self) -> MediaList:
         return MediaList([m._freeze() for m in self.items])
+
+    def _nbytes(self) -> int:
+        return sum(m._nbytes() for m in self.items)
 
     def _encode(self, ctx: MediaContext) -> dict[str, Any]:
         refs = []
