@@ -120,19 +120,11 @@ def _open_runbus(mod: Any, out: Path) -> Opened:
     return Opened(run.log, run.finish)
 
 
-#: The automatic sources off: like with like against wandb-lean.
-LEAN_SETTINGS = {
-    "quiet": True,
-    "system": False,
-    "console": "off",
-    "git": False,
-    "requirements": False,
-    "metadata": False,
-}
-
-
 def _open_runbus_lean(mod: Any, out: Path) -> Opened:
-    run = mod.init(project="bench", dir=str(out), settings=LEAN_SETTINGS)
+    # The automatic sources off: like with like against wandb-lean.
+    from pipeline.testing import QUIET_SETTINGS
+
+    run = mod.init(project="bench", dir=str(out), settings=QUIET_SETTINGS)
     return Opened(run.log, run.finish)
 
 
@@ -576,15 +568,19 @@ def median(values: Sequence[float]) -> float:
     return float(statistics.median(values))
 
 
-def machine_info() -> Result:
-    model = ""
+def cpu_model() -> str:
+    """The CPU's model name, where /proc/cpuinfo says it ("" elsewhere)."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
+                return line.split(":", 1)[1].strip()
     except OSError:
         pass
+    return ""
+
+
+def machine_info() -> Result:
+    model = cpu_model()
     return {
         "runbus": repo_state(),
         "nproc": os.cpu_count(),

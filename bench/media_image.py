@@ -21,16 +21,10 @@ import numpy as np
 
 import pipeline
 from pipeline.media.image import Image
+from pipeline.testing import QUIET_SETTINGS
 
 GOAL_P50_US = 200.0
-SETTINGS = {
-    "quiet": True,
-    "system": False,
-    "console": "off",
-    "git": False,
-    "requirements": False,
-    "metadata": False,
-}
+SETTINGS = QUIET_SETTINGS
 
 
 def pct(ns: list[int], q: float) -> float:

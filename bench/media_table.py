@@ -36,16 +36,10 @@ import pipeline
 from pipeline import plot
 from pipeline.media.histogram import Histogram
 from pipeline.media.table import Table
+from pipeline.testing import QUIET_SETTINGS
 
 GOAL_TABLE_S = 0.020
-SETTINGS = {
-    "quiet": True,
-    "system": False,
-    "console": "off",
-    "git": False,
-    "requirements": False,
-    "metadata": False,
-}
+SETTINGS = QUIET_SETTINGS
 COLUMNS = ["step", "loss", "acc", "label", "correct"]
 
 

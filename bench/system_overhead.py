@@ -192,16 +192,10 @@ def bench_run(seconds: float, interval: float, repeat: int) -> dict[str, Any]:
 def _machine() -> dict[str, Any]:
     import psutil
 
-    model = ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    from _workload import cpu_model
+
     return {
-        "cpu": model,
+        "cpu": cpu_model(),
         "cores": psutil.cpu_count(),
         "processes": len(psutil.pids()),
         "python": platform.python_version(),

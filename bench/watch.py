@@ -109,15 +109,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"watch: log={args.log!r}, log_freq={args.log_freq}; {args.steps} steps per block")
 
     with tempfile.TemporaryDirectory() as tmp:
-        settings = {
-            "quiet": True,
-            "system": False,
-            "console": "off",
-            "git": False,
-            "requirements": False,
-            "metadata": False,
-        }
-        run = pipeline.init(project="bench", dir=tmp, settings=settings)
+        from pipeline.testing import QUIET_SETTINGS
+
+        run = pipeline.init(project="bench", dir=tmp, settings=QUIET_SETTINGS)
         block(run)  # warm-up: allocator, kernels, the pipeline thread
         plain: list[float] = []
         watched: list[float] = []

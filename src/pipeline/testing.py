@@ -18,6 +18,18 @@ from pipeline import events as ev
 from pipeline.runinfo import RunInfo
 from sinks.base import Sink, SinkClosedError
 
+#: Settings for a test run: nothing printed and no automatic sources (system
+#: metrics, console capture, git, requirements, host metadata), so a test sees
+#: only what it logs. ``pipeline.init(..., settings=QUIET_SETTINGS)``.
+QUIET_SETTINGS: dict[str, Any] = {
+    "quiet": True,
+    "system": False,
+    "console": "off",
+    "git": False,
+    "requirements": False,
+    "metadata": False,
+}
+
 
 class MemorySink:
     """Keeps every event it receives, in order; thread-safe to inspect."""

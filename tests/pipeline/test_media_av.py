@@ -18,17 +18,11 @@ from pipeline.media import _optional
 from pipeline.media.audio import Audio
 from pipeline.media.html import Html
 from pipeline.media.video import Video
+from pipeline.testing import QUIET_SETTINGS
 
 PIL = pytest.importorskip("PIL.Image")
 
-SETTINGS = {
-    "quiet": True,
-    "system": False,
-    "console": "off",
-    "git": False,
-    "requirements": False,
-    "metadata": False,
-}
+SETTINGS = QUIET_SETTINGS
 HAVE_FFMPEG = importlib.util.find_spec("imageio_ffmpeg") is not None
 
 

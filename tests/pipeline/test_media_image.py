@@ -14,17 +14,11 @@ import pytest
 import pipeline
 from pipeline.media import _optional
 from pipeline.media.image import Image
+from pipeline.testing import QUIET_SETTINGS
 
 PIL = pytest.importorskip("PIL.Image")
 
-SETTINGS = {
-    "quiet": True,
-    "system": False,
-    "console": "off",
-    "git": False,
-    "requirements": False,
-    "metadata": False,
-}
+SETTINGS = QUIET_SETTINGS
 
 
 def log_and_read(tmp_path: Path, *rows: dict[str, Any]) -> pipeline.RunData:

@@ -15,15 +15,9 @@ from pipeline import jsoncodec
 from pipeline.media.base import Media, MediaContext
 from pipeline.media.histogram import MAX_BINS, Histogram, _bin_list
 from pipeline.media.table import Table
+from pipeline.testing import QUIET_SETTINGS
 
-SETTINGS = {
-    "quiet": True,
-    "system": False,
-    "console": "off",
-    "git": False,
-    "requirements": False,
-    "metadata": False,
-}
+SETTINGS = QUIET_SETTINGS
 
 
 def start(tmp_path: Path) -> pipeline.Run:

@@ -13,15 +13,9 @@ import pytest
 import pipeline
 from pipeline import jsoncodec, plot
 from pipeline.media.table import Table
+from pipeline.testing import QUIET_SETTINGS
 
-SETTINGS = {
-    "quiet": True,
-    "system": False,
-    "console": "off",
-    "git": False,
-    "requirements": False,
-    "metadata": False,
-}
+SETTINGS = QUIET_SETTINGS
 
 
 def log_and_read(tmp_path: Path, value: Any) -> tuple[dict[str, Any], dict[str, Any], Path]:

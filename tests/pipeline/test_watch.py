@@ -17,16 +17,10 @@ from torch import nn  # noqa: E402
 
 import pipeline  # noqa: E402
 from pipeline.media.histogram import Histogram  # noqa: E402
+from pipeline.testing import QUIET_SETTINGS  # noqa: E402
 from pipeline.watch import BINS, bin_tensor, histogram  # noqa: E402
 
-SETTINGS = {
-    "quiet": True,
-    "system": False,
-    "console": "off",
-    "git": False,
-    "requirements": False,
-    "metadata": False,
-}
+SETTINGS = QUIET_SETTINGS
 
 
 def _init(tmp_path: Path, **settings: Any) -> pipeline.Run:
