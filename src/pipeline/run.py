@@ -473,8 +473,11 @@ class Run:
         flush (it failed, is stopped, or dropped data under ``drop_newest``).
         Inside the run's own event loop use ``await run.aflush()``.
         """
-        if self._disabled or self._done.is_set():
+        if self._disabled:
             return True
+        if self._done.is_set():
+            # The run has ended: everything was flushed at finish, if it went well.
+            return self._pipeline_error is None
         self._not_on_loop("flush", "aflush")
         completion = ev.Completion()
         self._source.put_urgent(ev.Flush(completion, False))
@@ -482,8 +485,11 @@ class Run:
 
     async def aflush(self, timeout: float | None = None) -> bool:
         """Async ``flush()``: awaitable from any event loop."""
-        if self._disabled or self._done.is_set():
+        if self._disabled:
             return True
+        if self._done.is_set():
+            # The run has ended: everything was flushed at finish, if it went well.
+            return self._pipeline_error is None
         completion = ev.Completion()
         self._source.put_urgent(ev.Flush(completion, False))
         return await self._await(completion, timeout)

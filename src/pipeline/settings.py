@@ -49,7 +49,8 @@ class Settings:
     max_media_bytes: int = 256 * 1024 * 1024
     #: Batches each sink's queue holds before its policy applies.
     queue_size: int = 4
-    #: Seconds each sink gets to flush and close at finish before it is abandoned.
+    #: Deadline in seconds for each call into a sink (open, write, flush, close);
+    #: a call past it counts as a failure.
     #: ``RUNBUS_SINK_TIMEOUT``.
     sink_timeout: float = 30.0
     #: Retries (with backoff and jitter) of a failing sink write or flush before
@@ -182,7 +183,8 @@ def _env_number(var: str, kind: type[int] | type[float]) -> int | float | None:
     try:
         return kind(raw)
     except ValueError:
-        raise ValueError(f"${var}={raw!r} is not a {kind.__name__}") from None
+        noun = "an integer" if kind is int else "a number"
+        raise ValueError(f"${var}={raw!r} is not {noun}") from None
 
 
 def _from_env() -> dict[str, Any]:
