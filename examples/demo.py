@@ -1,8 +1,9 @@
 """The runbus demo: a small training loop logged end to end.
 
 Trains a logistic-regression classifier on synthetic data with plain-Python
-SGD (no extra packages), logging train metrics every step, validation metrics
-every epoch against an ``epoch`` x-axis, and a best-accuracy summary. Then it
+SGD, logging train metrics every step, validation metrics and a histogram of
+the weights every epoch against an ``epoch`` x-axis, a table and a line chart
+of the validation curve at the end, and a best-accuracy summary. Then it
 reads the run back from disk and lists the runs the way ``runbus ls`` does.
 """
 
@@ -46,6 +47,7 @@ def main() -> int:
         run.define_metric("val/acc", step_metric="epoch", summary="best,last", goal="maximize")
         run.define_metric("train/loss", summary="min,last")
         w = [0.0] * config["features"]
+        epochs = pipeline.Table(columns=["epoch", "val_loss", "val_acc"])
         for epoch in range(config["epochs"]):
             rng.shuffle(train)
             for start in range(0, len(train), config["batch_size"]):
@@ -59,9 +61,18 @@ def main() -> int:
                 loss, acc = evaluate(w, batch)
                 run.log({"train/loss": loss, "train/acc": acc, "lr": config["lr"]})
             val_loss, val_acc = evaluate(w, val)
-            run.log({"val/loss": val_loss, "val/acc": val_acc, "epoch": epoch})
+            epochs.add_data(epoch, val_loss, val_acc)
+            run.log(
+                {
+                    "val/loss": val_loss,
+                    "val/acc": val_acc,
+                    "epoch": epoch,
+                    "weights": pipeline.Histogram(w, num_bins=8),
+                }
+            )
             print(f"epoch {epoch}: val/loss={val_loss:.4f} val/acc={val_acc:.3f}")
-        run.summary["weights"] = w
+        run.log({"epochs": epochs, "val/curve": pipeline.plot.line(epochs, "epoch", "val_acc")})
+        run.summary["final_weights"] = w
     data = pipeline.read_run(run.dir)
     print(
         f"\nread back: {len(data.history)} rows, state {data.state}, best val/acc "

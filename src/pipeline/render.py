@@ -203,6 +203,8 @@ def format_value(v: Any, max_len: int = 32) -> str:
         if len(s) > 12:
             with contextlib.suppress(OverflowError):  # beyond float range: keep digits
                 s = _format_float(float(v))
+    elif isinstance(v, Mapping) and isinstance(v.get("_type"), str):
+        s = _format_media(v)
     elif isinstance(v, Mapping):
         s = " ".join(f"{k}={format_value(x, 0)}" for k, x in v.items())
     elif isinstance(v, list | tuple):
@@ -213,6 +215,22 @@ def format_value(v: Any, max_len: int = 32) -> str:
     if any(ch in s for ch in "\n\r\t"):
         s = s.replace("\r\n", " ").replace("\n", " ").replace("\r", " ").replace("\t", " ")
     return _truncate(s, max_len)
+
+
+def _format_media(ref: Mapping[str, Any]) -> str:
+    """A media reference as a short tag: ``<image 64x64>``, ``<table 8x3>``."""
+    kind = ref["_type"]
+    if kind in ("image", "video") and "width" in ref and "height" in ref:
+        return f"<{kind} {ref['width']}x{ref['height']}>"
+    if kind == "table" and "rows" in ref:
+        return f"<table {ref['rows']}x{ref.get('ncols', '?')}>"
+    if kind == "histogram" and isinstance(ref.get("counts"), list):
+        return f"<histogram {sum(ref['counts'])} values>"
+    if kind == "list" and isinstance(ref.get("items"), list):
+        return f"<{len(ref['items'])} x {ref.get('of', 'media')}>"
+    if kind == "plot" and "chart" in ref:
+        return f"<plot {ref['chart']}>"
+    return f"<{kind}>"
 
 
 def format_duration(seconds: float | None) -> str:

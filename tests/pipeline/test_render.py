@@ -283,3 +283,17 @@ def test_a_constant_series_averaged_by_the_sketch_draws_flat() -> None:
         sketch.add(0.05)  # bucket means of 0.05 differ in the last bits
     line = sparkline(sketch.values())
     assert set(line) == {"▄"}
+
+
+def test_media_references_render_as_short_tags() -> None:
+    from pipeline.render import format_value
+
+    assert format_value({"_type": "image", "width": 64, "height": 32, "path": "x"}) == (
+        "<image 64x32>"
+    )
+    assert format_value({"_type": "table", "rows": 8, "ncols": 3}) == "<table 8x3>"
+    assert format_value({"_type": "histogram", "counts": [1, 2], "bins": [0, 1, 2]}) == (
+        "<histogram 3 values>"
+    )
+    assert format_value({"_type": "plot", "chart": "line"}) == "<plot line>"
+    assert format_value({"min": 0.5, "max": 1}) == "min=0.5 max=1"
