@@ -1,0 +1,59 @@
+"""Where the server keeps runs: SQLite by default, PostgreSQL for several processes.
+
+``await open_store(path_or_url)`` picks the backend from its argument; both
+implement :class:`Store` and pass one test suite.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from .base import (
+    EventTuple,
+    FileRecord,
+    Filter,
+    OutputLine,
+    ProjectRecord,
+    RunNotFoundError,
+    RunRecord,
+    SeqGapError,
+    Series,
+    Store,
+    StoreClosedError,
+    StoreError,
+)
+
+__all__ = [
+    "EventTuple",
+    "FileRecord",
+    "Filter",
+    "OutputLine",
+    "ProjectRecord",
+    "RunNotFoundError",
+    "RunRecord",
+    "SeqGapError",
+    "Series",
+    "Store",
+    "StoreClosedError",
+    "StoreError",
+    "open_store",
+]
+
+
+async def open_store(url_or_path: str | Path, **options: Any) -> Store:
+    """Open (and migrate) the store at a SQLite path or a ``postgresql://`` URL.
+
+    ``options`` go to the backend: ``stale_after`` (seconds, default 120) and
+    ``clock`` for both; ``schema``, ``min_size``, ``max_size`` for PostgreSQL.
+    PostgreSQL needs the ``asyncpg`` package (the ``server`` extra); it is
+    imported only here, so SQLite users do not need it.
+    """
+    target = str(url_or_path)
+    if target.startswith(("postgresql://", "postgres://")):
+        from .postgres import PostgresStore
+
+        return await PostgresStore.open(target, **options)
+    from .sqlite import SqliteStore
+
+    return await SqliteStore.open(target, **options)
