@@ -408,7 +408,24 @@ def _parser() -> argparse.ArgumentParser:
         "-o", "--output", type=Path, metavar="FILE", help="write here instead of stdout"
     )
     export.set_defaults(func=_cmd_export)
+
+    server = sub.add_parser(
+        "server",
+        help="run the runbus server (needs: pip install 'runbus[server]')",
+        description="Run the runbus server; `runbus server --help` lists its options.",
+        add_help=False,
+    )
+    server.add_argument("args", nargs=argparse.REMAINDER)
+    server.set_defaults(func=_cmd_server)
     return p
+
+
+def _cmd_server(args: argparse.Namespace, out: TextIO) -> int:
+    try:
+        from server.main import main as server_main
+    except ImportError as exc:
+        raise CliError(f"the server needs its extra: pip install 'runbus[server]' ({exc})") from exc
+    return server_main(list(args.args))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -417,6 +434,15 @@ def main(argv: list[str] | None = None) -> int:
     User errors print one line (or a short list) to stderr and return 1; usage
     errors return 2, as argparse does.
     """
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["server"]:
+        # The server parses its own options (argparse's REMAINDER would swallow none
+        # that start with "-").
+        try:
+            return _cmd_server(argparse.Namespace(args=argv[1:]), sys.stdout)
+        except CliError as exc:
+            print(f"{_PROG}: error: {exc}", file=sys.stderr)
+            return 1
     parser = _parser()
     try:
         args = parser.parse_args(argv)

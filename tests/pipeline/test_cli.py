@@ -245,3 +245,49 @@ def test_export_carries_media_along_and_keeps_paths_portable(tmp_path: Path, cap
     copied = out.parent / ref["path"]
     assert copied.read_bytes() == (run.dir / ref["path"]).read_bytes()
     assert "copied 1 media file" in capsys.readouterr().err
+
+
+def test_runbus_server_starts_and_answers_health(tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    pytest.importorskip("aiohttp")
+    src = str(Path(__file__).resolve().parents[2] / "src")
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "from pipeline.cli import main; raise SystemExit(main())",
+            "server",
+            "--port",
+            "0",
+            "--data",
+            str(tmp_path / "data"),
+        ],
+        env={**os.environ, "PYTHONPATH": src},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        url = None
+        deadline = time.monotonic() + 60
+        lines = []
+        while url is None and time.monotonic() < deadline:
+            line = proc.stdout.readline()
+            if not line:
+                break
+            lines.append(line)
+            for word in line.split():
+                if word.startswith("http://") and "/login?token=" in word:
+                    url = word.split("/login?")[0]
+        assert url is not None, "".join(lines)
+        with urllib.request.urlopen(f"{url}/api/v1/health", timeout=10) as resp:
+            assert json.loads(resp.read()) == {"ok": True}
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
