@@ -11,6 +11,7 @@ from typing import Any
 __version__ = "0.1.0"
 
 from pipeline import plot
+from pipeline.api import Api
 from pipeline.launch import init
 from pipeline.media.audio import Audio
 from pipeline.media.histogram import Histogram
@@ -32,6 +33,7 @@ from pipeline.settings import Settings
 from pipeline.steps import StepWarning
 
 __all__ = [
+    "Api",
     "Audio",
     "Config",
     "Histogram",

@@ -409,6 +409,13 @@ def _parser() -> argparse.ArgumentParser:
     )
     export.set_defaults(func=_cmd_export)
 
+    for name, text in (
+        ("sync", "upload runs to a runbus server, resuming where it left off"),
+        ("login", "store an API key for a runbus server"),
+    ):
+        passthrough = sub.add_parser(name, help=text, add_help=False)
+        passthrough.add_argument("args", nargs=argparse.REMAINDER)
+
     server = sub.add_parser(
         "server",
         help="run the runbus server (needs: pip install 'runbus[server]')",
@@ -435,6 +442,14 @@ def main(argv: list[str] | None = None) -> int:
     errors return 2, as argparse does.
     """
     argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["sync"]:
+        from pipeline.sync import sync_main
+
+        return sync_main(argv[1:])
+    if argv[:1] == ["login"]:
+        from pipeline.sync import login_main
+
+        return login_main(argv[1:])
     if argv[:1] == ["server"]:
         # The server parses its own options (argparse's REMAINDER would swallow none
         # that start with "-").

@@ -12,7 +12,6 @@ import socket
 import sys
 import threading
 import time
-import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
@@ -166,6 +165,18 @@ def init(
     srv = server_url(server)
     _key = _api_key(api_key)
     run_mode_ = run_mode(mode, srv)
+    if run_mode_ == "online":
+        # A stored `runbus login` fills in what the arguments and environment
+        # left out; only when the mode is already online, so a saved login never
+        # turns a script or a test online by itself.
+        from pipeline.sync import resolve_credentials
+
+        srv, _key = resolve_credentials(srv, _key)
+        if srv is None:
+            raise ValueError(
+                "init(mode='online') needs a server: pass server=, set $RUNBUS_SERVER, "
+                "or run `runbus login URL`"
+            )
     root = runs_dir(dir)
     extra_sinks = _specs(sinks)
     # Before anything is created: a bad config must not leave a run directory behind.
@@ -200,13 +211,6 @@ def init(
         run_dir = root / f"run-{stamp}-{run_id}"
         name = name or _friendly_name(root)
 
-    if run_mode_ == "online":
-        warnings.warn(
-            "runbus: mode='online' needs the http sink, which this version does not have yet; "
-            "the run is kept offline in its run directory (upload it later with `runbus sync`)",
-            RuntimeWarning,
-            stacklevel=2,
-        )
     disabled = run_mode_ == "disabled"
     if not disabled:
         check_placement(resolved.pipeline)  # before anything is created
@@ -239,6 +243,16 @@ def init(
             )
             # Reported once here; the disk sink would only fail again on open.
             specs = [s for s in specs if not isinstance(s.sink, DiskSink)]
+        if run_mode_ == "online" and any(isinstance(s.sink, DiskSink) for s in specs):
+            # The http sink uploads from the run's event log, so it needs the disk sink.
+            from sinks.http import HttpSink
+
+            limit = resolved.upload_timeout
+            http = HttpSink(str(srv), _key, upload_timeout=limit)
+            # Its close may take the whole upload deadline: give the runner more.
+            specs.insert(
+                len(specs) - len(extra_sinks), SinkSpec(http, timeout=max(limit + 10, 30.0))
+            )
 
     metadata = _start_metadata(info, run_mode_, start, replay)
     run = Run(

@@ -64,6 +64,9 @@ class Settings:
     #: a Jupyter/IPython kernel, whose cells call ``finish()`` synchronously.
     #: ``RUNBUS_PIPELINE``.
     pipeline: PipelinePlace = "auto"
+    #: Seconds ``finish()`` waits for an online run's upload before it says what
+    #: is left and how to send it (``runbus sync``). ``RUNBUS_UPLOAD_TIMEOUT``.
+    upload_timeout: float = 30.0
     #: Sample system metrics (CPU, memory, disk, network, GPUs). ``RUNBUS_SYSTEM``.
     system: bool = True
     #: Seconds between system samples (at least 0.1). ``RUNBUS_SYSTEM_INTERVAL``.
@@ -100,6 +103,7 @@ class Settings:
             )
         _positive("flush_interval", self.flush_interval)
         _positive("sink_timeout", self.sink_timeout)
+        _positive("upload_timeout", self.upload_timeout)
         for name in ("max_backlog", "queue_size", "max_retries"):
             value = getattr(self, name)
             least = 0 if name == "max_retries" else 1
@@ -198,6 +202,7 @@ def _from_env() -> dict[str, Any]:
     for key, var, kind in (
         ("flush_interval", "RUNBUS_FLUSH_INTERVAL", float),
         ("sink_timeout", "RUNBUS_SINK_TIMEOUT", float),
+        ("upload_timeout", "RUNBUS_UPLOAD_TIMEOUT", float),
         ("max_backlog", "RUNBUS_MAX_BACKLOG", int),
         ("system_interval", "RUNBUS_SYSTEM_INTERVAL", float),
         ("console_max_line", "RUNBUS_CONSOLE_MAX_LINE", int),
