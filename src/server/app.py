@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import hashlib
 import re
 import secrets
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -162,17 +163,20 @@ async def read_body(request: web.Request, limit: int) -> bytes:
         and ("Content-Encoding" not in request.headers)
     ):
         raise _too_large("max_body_bytes", limit)
-    chunks: list[bytes] = []
+    return b"".join([chunk async for chunk in _chunks(request, limit, "max_body_bytes")])
+
+
+async def _chunks(request: web.Request, limit: int, name: str) -> AsyncIterator[bytes]:
+    """The body's chunks as they arrive; 413 naming ``name`` once past ``limit`` bytes."""
     size = 0
     while True:
         chunk = await request.content.readany()
         if not chunk:
-            break
+            return
         size += len(chunk)
         if size > limit:
-            raise _too_large("max_body_bytes", limit)
-        chunks.append(chunk)
-    return b"".join(chunks)
+            raise _too_large(name, limit)
+        yield chunk
 
 
 def _too_large(limit_name: str, limit: int) -> ApiError:
@@ -489,18 +493,11 @@ async def put_file(request: web.Request) -> web.Response:
         raise ApiError(404, "run_not_found", f"run {project}/{run_id} does not exist; create it")
     storage = request.app[FILES_KEY]
     dfd, ffd, tmp = await asyncio.to_thread(storage.open_temp, project, run_id, path)
-    import hashlib
-
     h = hashlib.sha256()
     size = 0
     try:
-        while True:
-            chunk = await request.content.readany()
-            if not chunk:
-                break
+        async for chunk in _chunks(request, limit, "max_file_bytes"):
             size += len(chunk)
-            if size > limit:
-                raise _too_large("max_file_bytes", limit)
             h.update(chunk)
             await asyncio.to_thread(storage.write, ffd, chunk)
     except BaseException:
