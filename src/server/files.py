@@ -164,25 +164,29 @@ class FileStorage:
         _unlink(dfd, tmp)
         os.close(dfd)
 
-    def read(self, project: str, run_id: str, path: Sequence[str]) -> bytes:
-        """The bytes of a stored file; raises StoredFileNotFoundError or UnsafePathError."""
+    def _parent(self, project: str, run_id: str, path: Sequence[str]) -> tuple[int, str]:
+        """An fd of the stored file's directory (walked without symlinks) and its name."""
         parts = [check_segment(project, "project"), check_segment(run_id, "run id"), *path]
         try:
-            dfd = self._walk(parts[:-1], create=False)
+            return self._walk(parts[:-1], create=False), parts[-1]
         except FileNotFoundError as e:
             raise StoredFileNotFoundError("/".join(path)) from e
+
+    def read(self, project: str, run_id: str, path: Sequence[str]) -> bytes:
+        """The bytes of a stored file; raises StoredFileNotFoundError or UnsafePathError."""
+        dfd, name = self._parent(project, run_id, path)
         try:
             try:
-                ffd = os.open(parts[-1], os.O_RDONLY | os.O_NOFOLLOW, dir_fd=dfd)
+                ffd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW, dir_fd=dfd)
             except FileNotFoundError as e:
                 raise StoredFileNotFoundError("/".join(path)) from e
             except OSError as e:
                 if e.errno == errno.ELOOP:
-                    raise UnsafePathError(f"{parts[-1]!r} is a symlink; refused") from e
+                    raise UnsafePathError(f"{name!r} is a symlink; refused") from e
                 raise
             with os.fdopen(ffd, "rb") as f:
                 if not _is_regular(os.fstat(f.fileno()).st_mode):
-                    raise UnsafePathError(f"{parts[-1]!r} is not a regular file")
+                    raise UnsafePathError(f"{name!r} is not a regular file")
                 return f.read()
         finally:
             os.close(dfd)
@@ -197,13 +201,9 @@ class FileStorage:
 
     def read_size(self, project: str, run_id: str, path: Sequence[str]) -> int:
         """Size of a stored file (same safety as :meth:`read`)."""
-        parts = [check_segment(project, "project"), check_segment(run_id, "run id"), *path]
+        dfd, name = self._parent(project, run_id, path)
         try:
-            dfd = self._walk(parts[:-1], create=False)
-        except FileNotFoundError as e:
-            raise StoredFileNotFoundError("/".join(path)) from e
-        try:
-            st = os.stat(parts[-1], dir_fd=dfd, follow_symlinks=False)
+            st = os.stat(name, dir_fd=dfd, follow_symlinks=False)
         except FileNotFoundError as e:
             raise StoredFileNotFoundError("/".join(path)) from e
         finally:
