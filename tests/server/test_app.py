@@ -7,12 +7,9 @@ unless ``RUNBUS_TEST_POSTGRES=1``, where they fail.
 
 from __future__ import annotations
 
-import getpass
 import gzip
 import math
-import os
-import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,63 +21,17 @@ from yarl import URL
 
 from pipeline import jsoncodec
 from server.app import KEYS_KEY, Limits, make_app
-from server.store import Store, open_store
+from server.store import Store
 
 pytestmark = pytest.mark.anyio
+# The store_factory fixture (tests/server/conftest.py) opens stores on the test's database.
+StoreFactory = Callable[..., Awaitable[Store]]
 P = "proj"
 
 
 @pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"  # aiohttp and asyncpg are asyncio libraries
-
-
-async def _pg_connect() -> tuple[Any, str]:
-    env = os.environ.get("RUNBUS_TEST_POSTGRES_DSN")
-    dsns = (
-        [env]
-        if env
-        else [
-            "postgresql://postgres@127.0.0.1:5432/test",
-            f"postgresql://{getpass.getuser()}@127.0.0.1:5432/test",
-        ]
-    )
-    try:
-        import asyncpg
-    except ImportError as e:
-        reason = f"asyncpg is not installed ({e})"
-    else:
-        errors = []
-        for dsn in dsns:
-            try:
-                return await asyncpg.connect(dsn, timeout=5), dsn
-            except (OSError, asyncpg.PostgresError) as e:
-                errors.append(f"{dsn}: {e}")
-        reason = "PostgreSQL unreachable: " + "; ".join(errors)
-    if os.environ.get("RUNBUS_TEST_POSTGRES") == "1":
-        pytest.fail(f"RUNBUS_TEST_POSTGRES=1 but {reason}")
-    pytest.skip(reason)
-
-
-@pytest.fixture(params=["sqlite", "postgres"])
-async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
-    if request.param == "sqlite":
-        s = await open_store(tmp_path / "runbus.db")
-        try:
-            yield s
-        finally:
-            await s.aclose()
-        return
-    conn, dsn = await _pg_connect()
-    schema = f"runbus_test_{uuid.uuid4().hex[:12]}"
-    await conn.execute(f'CREATE SCHEMA "{schema}"')
-    s = await open_store(dsn, schema=schema, max_size=4)
-    try:
-        yield s
-    finally:
-        await s.aclose()
-        await conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
-        await conn.close()
+async def store(store_factory: StoreFactory) -> Store:
+    return await store_factory()
 
 
 @dataclass
