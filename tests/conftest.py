@@ -1,8 +1,16 @@
-"""Shared fixtures: a runs directory per test, a quiet terminal, no runs left behind."""
+"""Shared fixtures: a runs directory per test, a quiet terminal, no runs left behind,
+and the one way tests reach PostgreSQL.
+
+PostgreSQL is 127.0.0.1:5432, database ``test`` (override with
+``RUNBUS_TEST_POSTGRES_DSN``). When it is unreachable the tests that need it
+skip, unless ``RUNBUS_TEST_POSTGRES=1`` (CI), where they fail instead.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+import getpass
+import os
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +29,40 @@ _ENV = (
     "RUNBUS_SINKS",
     "RUNBUS_PIPELINE",
 )
+
+
+def _pg_dsns() -> list[str]:
+    env = os.environ.get("RUNBUS_TEST_POSTGRES_DSN")
+    if env:
+        return [env]
+    return [
+        "postgresql://postgres@127.0.0.1:5432/test",
+        f"postgresql://{getpass.getuser()}@127.0.0.1:5432/test",
+    ]
+
+
+async def _pg_connect() -> tuple[Any, str]:
+    try:
+        import asyncpg
+    except ImportError as e:
+        reason = f"asyncpg is not installed ({e})"
+    else:
+        errors = []
+        for dsn in _pg_dsns():
+            try:
+                return await asyncpg.connect(dsn, timeout=5), dsn
+            except (OSError, asyncpg.PostgresError) as e:
+                errors.append(f"{dsn}: {e}")
+        reason = "PostgreSQL unreachable: " + "; ".join(errors)
+    if os.environ.get("RUNBUS_TEST_POSTGRES") == "1":
+        pytest.fail(f"RUNBUS_TEST_POSTGRES=1 but {reason}")
+    pytest.skip(reason)
+
+
+@pytest.fixture
+def pg_connect() -> Callable[[], Awaitable[tuple[Any, str]]]:
+    """``await pg_connect()``: ``(asyncpg connection, dsn)``, or a skip (CI: a failure)."""
+    return _pg_connect
 
 
 @pytest.fixture

@@ -268,9 +268,13 @@ class Bus:
         flushes: list[ev.Completion] = []
         stop: ev.Stop | None = None
         plain = True
+        # A periodic flush has no completion but must still reach the runners
+        # as a part of its own, or no sink ever flushes on the timer.
+        any_flush = False
         for item in items:
             kind = item.kind
             if kind == "flush":
+                any_flush = True
                 if item.completion is not None:  # type: ignore[union-attr]
                     flushes.append(item.completion)  # type: ignore[union-attr]
             elif kind == "barrier" or kind == "stop":
@@ -290,7 +294,7 @@ class Bus:
             items.append(ev.Flush(drained, False))
         for completion in flushes:
             completion.expect(len(self.runners))
-        parts = _split(items) if flushes else [cast(list[ev.Event], items)]
+        parts = _split(items) if flushes or any_flush else [cast(list[ev.Event], items)]
         for runner in self.runners:
             for part in parts:
                 await runner.offer(part)

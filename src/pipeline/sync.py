@@ -130,7 +130,9 @@ def login_main(argv: list[str] | None = None) -> int:
         print("runbus login: no key given", file=sys.stderr)
         return 2
     if not args.no_verify:
-        req = urllib.request.Request(url + "/", headers={"Authorization": f"Bearer {key}"})
+        req = urllib.request.Request(
+            url + "/api/v1/whoami", headers={"Authorization": f"Bearer {key}"}
+        )
         try:
             with urllib.request.urlopen(req, timeout=15) as resp:
                 who = orjson.loads(resp.read())
@@ -197,6 +199,8 @@ def _run_dirs(refs: list[str]) -> list[Path]:
 async def _sync_one(
     run_dir: Path, server: str, key: str | None, project: str | None, out: TextIO
 ) -> bool:
+    import aiohttp
+
     from pipeline.uploader import RetriesExhaustedError, Uploader, UploadError, log_last_seq
 
     total = log_last_seq(run_dir)
@@ -212,7 +216,8 @@ async def _sync_one(
     up = Uploader(server, key, project, run_dir, on_progress=progress, on_retry=retry)
     try:
         await up.sync()
-    except (UploadError, RetriesExhaustedError, OSError) as e:
+    except (UploadError, RetriesExhaustedError, aiohttp.ClientError, OSError) as e:
+        # aiohttp.ClientError: an answer no HTTP server gives (a broken proxy).
         print(f"\r  {run_dir.name}: failed: {e}", file=out)
         return False
     finally:

@@ -49,12 +49,16 @@ BATCH_BYTES = 4 * 1024 * 1024
 RETRY_STATUSES = frozenset({408, 429})
 #: The longest ``Retry-After`` obeyed, so a bad header cannot park an upload for days.
 MAX_RETRY_AFTER = 300.0
+#: Bytes per second a file upload may be as slow as before it counts as failed:
+#: its timeout is the request timeout plus its size at this rate.
+MIN_UPLOAD_RATE = 128 * 1024
 OUTPUT_FILE = "output.log"
 
 
 class UploadError(Exception):
     """The server refused a request in a way retrying cannot fix (a 4xx other
-    than 408/429), or the log cannot be uploaded as it is (a gap in it).
+    than 408/429), answered in a way no runbus server does (``bad_answer``),
+    or the log cannot be uploaded as it is (a gap in it).
 
     ``status`` is the HTTP status (0 when the problem is local), ``code`` the
     server's error code; the message carries the server's own message.
@@ -80,6 +84,9 @@ class _Batch:
     last: int
     count: int
     body: bytes  # gzip-compressed JSON
+    #: The metadata of a resumed segment that starts this batch: the run is
+    #: reopened on the server just before the batch is sent.
+    resume: dict[str, Any] | None = None
 
 
 @dataclass
@@ -93,6 +100,7 @@ class _Chunk:
     identity: dict[str, Any] | None  # metadata and config merged from the chunk's events
     corrupt: int
     grew: bool  # whether the read found any new frame
+    read: int  # bytes of the log read to make it
 
 
 def event_json(e: ev.Event) -> Any:
@@ -167,6 +175,9 @@ class Uploader:
     (one is created, and closed by :meth:`aclose`, when None).
     ``max_attempts``: tries of one request before :class:`RetriesExhaustedError`
     (None: keep trying; a live sink does, bounded by its own deadline).
+    ``request_timeout``: seconds one request may take, answer included.
+    ``backoff_base``/``backoff_max``: the first retry waits about
+    ``backoff_base`` seconds, each next one twice as long, at most ``backoff_max``.
     ``on_retry(reason, delay)``: told about each retry, for reporting.
     ``on_progress(uploader)``: called after each accepted batch.
 
@@ -225,6 +236,14 @@ class Uploader:
         self.files_sent = 0
         #: Files that could not be uploaded (missing locally, outside the run directory).
         self.files_skipped: list[str] = []
+        #: Requests retried (each retry counts once), and why the last one was.
+        self.retries = 0
+        self.last_retry: str | None = None
+        #: Bytes of the log held in memory now (read, then compressed batches
+        #: waiting to be sent), and the most ever held: bounded by the chunk
+        #: size, however far behind the upload is.
+        self.held_bytes = 0
+        self.peak_held_bytes = 0
         self._files_done: set[str] = set()
         self._gap_expected: int | None = None
 
@@ -252,6 +271,7 @@ class Uploader:
         body: bytes | Callable[[], Any] | None = None,
         headers: dict[str, str] | None = None,
         passthrough: frozenset[int] = frozenset(),
+        timeout: float | None = None,
     ) -> tuple[int, Any]:
         """One API call with retries; ``(status, decoded JSON)`` for 2xx and ``passthrough``.
 
@@ -259,12 +279,14 @@ class Uploader:
         exponential backoff and full jitter, or after ``Retry-After`` when the
         server sends one. Other statuses raise :class:`UploadError` with the
         server's message. ``body`` may be a callable returning a fresh body
-        for each attempt (an open file).
+        for each attempt (an open file). ``timeout``: seconds for one attempt
+        (default ``request_timeout``).
         """
         session = await self._get_session()
         hdrs = dict(headers or {})
         if self.api_key:
             hdrs["Authorization"] = f"Bearer {self.api_key}"
+        limit = self.request_timeout if timeout is None else timeout
         attempt = 0
         while True:
             retry_after: float | None = None
@@ -275,7 +297,7 @@ class Uploader:
                     self._url(path),
                     data=data,
                     headers=hdrs,
-                    timeout=aiohttp.ClientTimeout(total=self.request_timeout),
+                    timeout=aiohttp.ClientTimeout(total=limit),
                 ) as resp:
                     raw = await resp.read()
                     status = resp.status
@@ -294,7 +316,7 @@ class Uploader:
             except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError) as e:
                 reason = f"{type(e).__name__}: {e}"
             except TimeoutError:
-                reason = f"no answer within {self.request_timeout:g} s"
+                reason = f"no answer within {limit:g} s"
             finally:
                 if data is not None and not isinstance(data, bytes):
                     data.close()  # a file opened for this attempt
@@ -309,6 +331,8 @@ class Uploader:
                 # Full jitter: clients that failed together do not retry together.
                 cap = min(self.backoff_max, self.backoff_base * 2 ** (attempt - 1))
                 delay = random.uniform(cap / 2, cap)
+            self.retries += 1
+            self.last_retry = reason
             if self.on_retry is not None:
                 self.on_retry(reason, delay)
             await asyncio.sleep(delay)
@@ -328,6 +352,7 @@ class Uploader:
                 if found.valid_end > 0 or len(data) < want or want > MAX_PAYLOAD:
                     break
                 want *= 4
+        read = len(data)
         del data
         batches: list[_Batch] = []
         parts: list[bytes] = []
@@ -338,12 +363,13 @@ class Uploader:
         identity: dict[str, Any] | None = None
         log_last = 0
         limit_n, limit_b = self.batch_events, self.batch_bytes
+        resume: dict[str, Any] | None = None
 
         def cut() -> None:
-            nonlocal parts, size
+            nonlocal parts, size, resume
             body = b'{"events":[' + b",".join(parts) + b"]}"
-            batches.append(_Batch(first, last, len(parts), gzip.compress(body, 5)))
-            parts, size = [], 0
+            batches.append(_Batch(first, last, len(parts), gzip.compress(body, 5), resume))
+            parts, size, resume = [], 0, None
 
         for e in found.events:
             seq = e.seq
@@ -359,8 +385,11 @@ class Uploader:
             if seq <= server_last:
                 continue  # the server holds it (resumed upload, or a sync beside us)
             encoded = jsoncodec.dumps(event_json(e))
-            if parts and (len(parts) >= limit_n or size + len(encoded) > limit_b):
+            resumed = kind == "metadata" and "resumed" in e.values  # type: ignore[union-attr]
+            if parts and (resumed or len(parts) >= limit_n or size + len(encoded) > limit_b):
                 cut()
+            if resumed:
+                resume = dict(e.values)  # type: ignore[union-attr]
             if not parts:
                 first = seq
             parts.append(encoded)
@@ -376,6 +405,7 @@ class Uploader:
             identity=identity,
             corrupt=found.corrupt,
             grew=found.valid_end > 0,
+            read=read,
         )
 
     def _log_size(self) -> int:
@@ -387,10 +417,11 @@ class Uploader:
     # ------------------------------------------------------------------ upload
 
     async def _start(self) -> bool:
-        """Ask the server where it stands and create (or resume) the run."""
+        """Ask the server where it stands, and create the run if it holds none of it."""
         if self._log_size() == 0:
             return False  # nothing written yet: the identity is not known
         head = await asyncio.to_thread(self._read_chunk, 0, 2**62, True)
+        self._hold(head.read, 0)
         ident = head.identity or {}
         meta: dict[str, Any] = ident.get("metadata", {})
         if not self.run_id:
@@ -401,25 +432,41 @@ class Uploader:
         if self.project is None:
             proj = meta.get("project")
             self.project = proj if isinstance(proj, str) and proj else "uncategorized"
-        _, got = await self.request("GET", self._run_path("/last_seq"))
-        self.server_last = int(got["last_seq"]) if isinstance(got, dict) else 0
-        create: dict[str, Any] = {"id": self.run_id}
+        status, got = await self.request("GET", self._run_path("/last_seq"))
+        self.server_last = self._last_seq_in(status, got, "GET /last_seq")
+        if self.server_last == 0:
+            create = self._run_fields(meta)
+            if "config" in ident:
+                create["config"] = ident["config"]
+            if meta:
+                create["metadata"] = meta
+            await self._create(create)
+        # Else the run is there, and its events keep it current. Creating it
+        # again would reopen it (a finished run would read as running, as
+        # nothing is left to finish it), and put the head's config and
+        # metadata back over what later events changed. Only a resumed
+        # segment reopens it, just before its events are sent (see _push).
+        self._started = True
+        return True
+
+    def _run_fields(self, meta: dict[str, Any]) -> dict[str, Any]:
+        """The create-run body's identity fields, from a run's metadata."""
+        fields: dict[str, Any] = {"id": self.run_id}
         for field, types in (("name", str), ("group", str), ("notes", str), ("tags", list)):
             value = meta.get(field)
             if isinstance(value, types):
-                create[field] = value
-        if "config" in ident:
-            create["config"] = ident["config"]
-        if meta:
-            create["metadata"] = meta
+                fields[field] = value
+        return fields
+
+    async def _create(self, body: dict[str, Any]) -> None:
+        """Create the run, or reopen it (state running) when the server has it."""
+        assert self.project is not None
         await self.request(
             "POST",
             f"/api/v1/projects/{quote(self.project, safe='')}/runs",
-            body=jsoncodec.dumps(create),
+            body=jsoncodec.dumps(body),
             headers={"Content-Type": "application/json"},
         )
-        self._started = True
-        return True
 
     async def push(self) -> int:
         """Send every event in the log the server lacks; return how many were stored.
@@ -428,48 +475,75 @@ class Uploader:
         same run): it reads only what is new since the last accepted frame.
         """
         async with self._lock:
-            if not self._started and not await self._start():
-                return 0
-            stored = 0
-            while self._log_size() > self._offset:
-                chunk = await asyncio.to_thread(
-                    self._read_chunk, self._offset, self.server_last, False
-                )
-                self.log_last = max(self.log_last, chunk.log_last)
-                for path, sha, size in chunk.files:
-                    if path not in self._files_done:
-                        self.files_pending[path] = (sha, size)
-                restarted = False
-                for batch in chunk.batches:
-                    if batch.last <= self.server_last:
-                        continue
-                    status, got = await self.request(
-                        "POST",
-                        self._run_path("/events"),
-                        body=batch.body,
-                        headers={"Content-Type": "application/json", "Content-Encoding": "gzip"},
-                        passthrough=frozenset({409}),
-                    )
-                    if status == 409:
-                        self._seq_gap(got)
-                        restarted = True
-                        break
-                    self._gap_expected = None
-                    new_last = int(got["last_seq"])
-                    # Seqs have no gaps: what the server's last_seq moved by is what it stored.
-                    n = max(0, min(new_last, batch.last) - max(self.server_last, batch.first - 1))
-                    stored += n
-                    self.sent += n
-                    self.server_last = max(self.server_last, new_last)
-                    if self.on_progress is not None:
-                        self.on_progress(self)
-                if restarted:
+            try:
+                return await self._push()
+            finally:
+                self.held_bytes = 0  # a failed pass drops its chunk too
+
+    async def _push(self) -> int:
+        if not self._started and not await self._start():
+            return 0
+        stored = 0
+        while self._log_size() > self._offset:
+            chunk = await asyncio.to_thread(self._read_chunk, self._offset, self.server_last, False)
+            self.log_last = max(self.log_last, chunk.log_last)
+            self._hold(chunk.read, sum(len(b.body) for b in chunk.batches))
+            for path, sha, size in chunk.files:
+                if path not in self._files_done:
+                    self.files_pending[path] = (sha, size)
+            restarted = False
+            for batch in chunk.batches:
+                if batch.last <= self.server_last:
+                    self.held_bytes -= len(batch.body)
                     continue
-                if not chunk.grew:
-                    break  # only a torn (still being written) frame is left
-                self.corrupt += chunk.corrupt
-                self._offset = chunk.end
-            return stored
+                if batch.resume is not None:
+                    await self._create(self._run_fields(batch.resume))
+                status, got = await self.request(
+                    "POST",
+                    self._run_path("/events"),
+                    body=batch.body,
+                    headers={"Content-Type": "application/json", "Content-Encoding": "gzip"},
+                    passthrough=frozenset({409}),
+                )
+                if status == 409:
+                    self._seq_gap(got)
+                    restarted = True
+                    break
+                self._gap_expected = None
+                self.held_bytes -= len(batch.body)
+                new_last = self._last_seq_in(status, got, "POST /events")
+                # Seqs have no gaps: what the server's last_seq moved by is what it stored.
+                n = max(0, min(new_last, batch.last) - max(self.server_last, batch.first - 1))
+                stored += n
+                self.sent += n
+                self.server_last = max(self.server_last, new_last)
+                if self.on_progress is not None:
+                    self.on_progress(self)
+            if restarted:
+                continue
+            if not chunk.grew:
+                break  # only a torn (still being written) frame is left
+            self.corrupt += chunk.corrupt
+            self._offset = chunk.end
+        return stored
+
+    def _last_seq_in(self, status: int, got: Any, what: str) -> int:
+        """The ``last_seq`` of a 2xx answer; UploadError if the answer has none."""
+        value = got.get("last_seq") if isinstance(got, dict) else None
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        # A 2xx without it is not a runbus server (a login page, a proxy's answer).
+        raise UploadError(
+            status,
+            "bad_answer",
+            f"{what} to {self.server} answered {status} without a last_seq ({str(got)[:100]!r}); "
+            "check that the URL is the runbus server's",
+        )
+
+    def _hold(self, read: int, batches: int) -> None:
+        """Account a chunk: ``read`` log bytes were in memory beside its ``batches`` bytes."""
+        self.peak_held_bytes = max(self.peak_held_bytes, read + batches)
+        self.held_bytes = batches
 
     def _seq_gap(self, got: Any) -> None:
         """The server holds less than we thought: resend from where it says."""
@@ -523,6 +597,8 @@ class Uploader:
                 self._run_path(f"/files/{segments}"),
                 body=functools.partial(local.open, "rb"),
                 headers={"Content-Type": "application/octet-stream"},
+                # A big file on a slow link must not time out (and restart) for ever.
+                timeout=self.request_timeout + local.stat().st_size / MIN_UPLOAD_RATE,
             )
             self._file_done(path)
             sent += 1

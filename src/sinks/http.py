@@ -44,6 +44,9 @@ class HttpSink:
     ``upload_timeout``: seconds ``aclose`` waits for the upload to finish.
     ``poll_interval``: how often the uploader looks for new frames while it
     knows of events the disk sink has not written yet.
+    ``request_timeout``, ``backoff_base``, ``backoff_max``: passed to the
+    :class:`~pipeline.uploader.Uploader` (how long one request may take; how
+    long retries wait).
     Raises ``ValueError`` for a server that is not an http(s) URL.
     """
 
@@ -58,18 +61,31 @@ class HttpSink:
         upload_timeout: float = 30.0,
         poll_interval: float = 0.2,
         idle_interval: float = 1.0,
+        request_timeout: float = 30.0,
+        backoff_base: float = 0.5,
+        backoff_max: float = 30.0,
         stderr: TextIO | None = None,
     ) -> None:
         if not isinstance(server, str) or not server.startswith(("http://", "https://")):
             raise ValueError(f"HttpSink(server={server!r}): give an http:// or https:// URL")
         if not (isinstance(upload_timeout, int | float) and upload_timeout >= 0):
             raise ValueError(f"HttpSink(upload_timeout={upload_timeout!r}): use seconds >= 0")
+        for field, value in (
+            ("request_timeout", request_timeout),
+            ("backoff_base", backoff_base),
+            ("backoff_max", backoff_max),
+        ):
+            if isinstance(value, bool) or not (isinstance(value, int | float) and value > 0):
+                raise ValueError(f"HttpSink({field}={value!r}): use seconds > 0")
         self.server = server.rstrip("/")
         self.api_key = api_key
         self.project = project
         self.upload_timeout = float(upload_timeout)
         self.poll_interval = poll_interval
         self.idle_interval = idle_interval
+        self.request_timeout = float(request_timeout)
+        self.backoff_base = float(backoff_base)
+        self.backoff_max = float(backoff_max)
         self._stderr = stderr
         self._target = 0  # highest stored seq handed to write()
         self._wake = asyncio.Event()
@@ -83,6 +99,13 @@ class HttpSink:
 
     def __repr__(self) -> str:
         return f"HttpSink({self.server!r})"
+
+    @property
+    def uploader(self) -> Uploader | None:
+        """The run's :class:`~pipeline.uploader.Uploader` once opened: its counters
+        (``server_last``, ``sent``, ``retries``, ``last_retry``, ``peak_held_bytes``)
+        say how the upload goes."""
+        return self._uploader
 
     # -- protocol ------------------------------------------------------------
 
@@ -102,6 +125,9 @@ class HttpSink:
             session=self._session,
             run_id=run.id,
             max_attempts=None,  # keep trying; aclose's deadline bounds the wait
+            request_timeout=self.request_timeout,
+            backoff_base=self.backoff_base,
+            backoff_max=self.backoff_max,
             on_retry=self._on_retry,
         )
         self._task = asyncio.get_running_loop().create_task(self._loop(), name="runbus-http")

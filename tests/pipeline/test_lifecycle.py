@@ -237,3 +237,26 @@ def test_a_forked_child_gets_a_clear_error_and_the_parent_run_is_unharmed(
     run.log({"x": 3})
     run.finish()
     assert [r["x"] for r in pipeline.read_run(run.dir).history] == [1, 3]
+
+
+def test_the_flush_timer_makes_logged_rows_durable_without_flush(tmp_path: Path) -> None:
+    # A live run is only watchable (tail, `runbus show`, the online uploader that
+    # reads events.log) if the timer flushes the disk sink on its own.
+    import time
+
+    run = pipeline.init(project="p", dir=tmp_path, settings={"quiet": True, "flush_interval": 0.1})
+    try:
+        for i in range(5):
+            run.log({"x": i})
+        # 100 timer periods: without the timer's flush, rows stay buffered far longer.
+        deadline = time.monotonic() + 10
+        rows: list[dict[str, object]] = []
+        while time.monotonic() < deadline:
+            rows = pipeline.read_run(run.dir).history
+            if len(rows) >= 5:
+                break
+            time.sleep(0.05)
+        assert [r["x"] for r in rows] == [0, 1, 2, 3, 4]
+        assert pipeline.read_run(run.dir).state == "running"
+    finally:
+        run.finish()

@@ -1,11 +1,8 @@
-"""Online mode against a real server on loopback: the http sink, ``runbus sync``,
-``runbus login`` and ``pipeline.Api``.
+"""Online mode against a real server on loopback (tests/pipeline/loopback.py): the
+http sink, ``runbus sync``, ``runbus login`` and ``pipeline.Api``.
 
-The server (``server.app.make_app`` over SQLite in ``tmp_path``) runs on its
-own asyncio loop in a background thread, so the run's pipeline thread and the
-test talk to it over real sockets. A fault middleware in front of the app
-answers chosen requests with 500/429/503 to exercise retries, and the server
-can be stopped and started again on the same port mid-run.
+Live streaming and a server restart mid-run are tested on both stores; the
+rest on SQLite. Network faults below HTTP are in test_online_faults.py.
 """
 
 from __future__ import annotations
@@ -17,155 +14,33 @@ import signal
 import stat
 import subprocess
 import sys
-import threading
 import time
-from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from aiohttp import web
+from loopback import PROJECT as P
+from loopback import QUIET, LoopbackServer, online_run, wait_until
 
 import pipeline
 from pipeline.api import Api
-from pipeline.runner import SinkSpec
 from pipeline.sync import login_main, resolve_credentials, sync_main
 from pipeline.uploader import Uploader, UploadError
-from server.app import KEYS_KEY, make_app
-from server.store import Store, open_store
-from sinks.http import HttpSink
-
-P = "online"
-QUIET: dict[str, Any] = {
-    "system": False,
-    "console": "off",
-    "git": False,
-    "requirements": False,
-    "flush_interval": 0.2,
-}
-
-
-class LoopbackServer:
-    """A runbus server on 127.0.0.1 in a background thread; stoppable and restartable."""
-
-    def __init__(self, data: Path) -> None:
-        self.data = data
-        self.port = 0
-        self.key = ""
-        #: Injected answers, taken one per matching request: (method, path suffix, status, headers).
-        self.faults: list[tuple[str, str, int, dict[str, str]]] = []
-        #: (monotonic time, method, path, status) of every request.
-        self.requests: list[tuple[float, str, str, int]] = []
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
-        self._thread.start()
-        self._runner: web.AppRunner | None = None
-        self._store: Store | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def _call(self, coro: Awaitable[Any]) -> Any:
-        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(30)  # type: ignore[arg-type]
-
-    def start(self) -> None:
-        self._call(self._start())
-
-    def stop(self) -> None:
-        self._call(self._stop())
-
-    def close(self) -> None:
-        if self._runner is not None:
-            self.stop()
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(10)
-        self._loop.close()
-
-    @web.middleware
-    async def _faults(
-        self,
-        request: web.Request,
-        handler: Callable[[web.Request], Awaitable[web.StreamResponse]],
-    ) -> web.StreamResponse:
-        for i, (method, suffix, status, headers) in enumerate(self.faults):
-            if request.method == method and request.path.endswith(suffix):
-                del self.faults[i]
-                await request.read()
-                self.requests.append((time.monotonic(), request.method, request.path, status))
-                return web.json_response(
-                    {"error": {"code": "injected", "message": "injected fault"}},
-                    status=status,
-                    headers=headers,
-                )
-        try:
-            resp = await handler(request)
-        except web.HTTPException as e:
-            self.requests.append((time.monotonic(), request.method, request.path, e.status))
-            raise
-        self.requests.append((time.monotonic(), request.method, request.path, resp.status))
-        return resp
-
-    async def _start(self) -> None:
-        self._store = await open_store(self.data / "runbus.db")
-        app = make_app(self._store, data_dir=self.data)
-        app.middlewares.insert(0, self._faults)
-        if not self.key:
-            self.key = app[KEYS_KEY].create(admin=True, name="test admin")[0]
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", self.port, reuse_address=True)
-        await site.start()
-        for address in self._runner.addresses:
-            self.port = int(address[1])
-            break
-
-    async def _stop(self) -> None:
-        assert self._runner is not None
-        assert self._store is not None
-        await self._runner.cleanup()
-        await self._store.aclose()
-        self._runner = None
-        self._store = None
-
-    def posts(self, suffix: str = "/events", method: str = "POST") -> list[tuple[float, int]]:
-        return [(t, s) for t, m, p, s in self.requests if m == method and p.endswith(suffix)]
-
-
-@pytest.fixture
-def srv(tmp_path: Path) -> Iterator[LoopbackServer]:
-    s = LoopbackServer(tmp_path / "server")
-    s.data.mkdir()
-    s.start()
-    yield s
-    s.close()
-
-
-def _wait_for(cond: Callable[[], bool], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        time.sleep(0.05)
 
 
 def _steps(api: Api, run_id: str, key: str = "loss") -> list[int]:
     return [r["_step"] for r in api.history(P, run_id, keys=[key])]
 
 
-def _online_run(srv: LoopbackServer, runs: Path, **sink: Any) -> pipeline.Run:
-    http = HttpSink(srv.url, srv.key, **sink)
-    return pipeline.init(project=P, dir=runs, settings=QUIET, sinks=[SinkSpec(http, timeout=60)])
-
-
-def test_live_streaming(srv: LoopbackServer, tmp_path: Path) -> None:
-    api = Api(srv.url, srv.key)
-    run = _online_run(srv, tmp_path / "runs")
+def test_live_streaming(srv_each: LoopbackServer, tmp_path: Path) -> None:
+    srv = srv_each
+    api = srv.api()
+    run, _ = online_run(srv.url, srv.key, tmp_path / "runs")
     for i in range(50):
         run.log({"loss": 1.0 / (i + 1), "bad": float("nan")})
     run.flush()
     # Live: the rows reach the server while the run goes on, about a second behind.
-    _wait_for(lambda: len(_steps(api, run.id)) >= 49, timeout=5)
+    wait_until(lambda: len(_steps(api, run.id)) >= 49, timeout=5, what="live rows")
     for i in range(50, 300):
         run.log({"loss": 1.0 / (i + 1), "bad": float("nan")})
     run.finish()
@@ -180,18 +55,22 @@ def test_live_streaming(srv: LoopbackServer, tmp_path: Path) -> None:
     assert api.projects()[0]["name"] == P
 
 
-def test_server_restart_mid_run(srv: LoopbackServer, tmp_path: Path) -> None:
-    api = Api(srv.url, srv.key)
-    run = _online_run(srv, tmp_path / "runs")
+def test_server_restart_mid_run(srv_each: LoopbackServer, tmp_path: Path) -> None:
+    srv = srv_each
+    api = srv.api()
+    run, sink = online_run(srv.url, srv.key, tmp_path / "runs", backoff_base=0.05, backoff_max=0.2)
     for i in range(100):
         run.log({"loss": float(i)})
     run.flush()
-    _wait_for(lambda: len(_steps(api, run.id)) >= 99)
+    wait_until(lambda: len(_steps(api, run.id)) >= 99, what="rows before the restart")
     srv.stop()
     for i in range(100, 200):
         run.log({"loss": float(i)})
     run.flush()
-    time.sleep(1.0)  # the sink retries against a dead port meanwhile
+    up = sink.uploader
+    assert up is not None
+    # The sink retries against the dead port meanwhile.
+    wait_until(lambda: up.retries >= 3, what="retries while the server is down")
     srv.start()
     for i in range(200, 300):
         run.log({"loss": float(i)})
@@ -200,6 +79,28 @@ def test_server_restart_mid_run(srv: LoopbackServer, tmp_path: Path) -> None:
     assert [r["_step"] for r in rows] == list(range(300))
     assert [r["loss"] for r in rows] == [float(i) for i in range(300)]
     assert api.run(P, run.id)["state"] == "finished"
+    assert "Connect" in (up.last_retry or "")
+
+
+def test_resumed_run_reopens_on_the_server(srv: LoopbackServer, tmp_path: Path) -> None:
+    api = srv.api()
+    runs = tmp_path / "runs"
+    first, _ = online_run(srv.url, srv.key, runs)
+    for i in range(30):
+        first.log({"loss": float(i)})
+    first.finish()
+    assert api.run(P, first.id)["state"] == "finished"
+    run, _ = online_run(srv.url, srv.key, runs, init={"id": first.id, "resume": "allow"})
+    for i in range(30, 60):
+        run.log({"loss": float(i)})
+    run.flush()
+    # The resumed segment reopens the run; its own finish closes it again.
+    wait_until(lambda: api.run(P, run.id)["state"] == "running", what="the run reopened")
+    run.finish()
+    rec = api.run(P, run.id)
+    assert rec["state"] == "finished"
+    assert rec["metadata"]["resumed"] == 1
+    assert _steps(api, run.id) == list(range(60))
 
 
 def _offline_run(runs: Path, steps: int = 120, **kwargs: Any) -> pipeline.Run:
@@ -246,8 +147,15 @@ def test_retries_500_and_429_retry_after(srv: LoopbackServer, tmp_path: Path) ->
 def test_client_errors_are_not_retried(srv: LoopbackServer, tmp_path: Path) -> None:
     run = _offline_run(tmp_path / "runs", steps=5)
     up = Uploader(srv.url, "not-a-key", None, run.dir)
+
+    async def go() -> None:
+        try:
+            await up.push()
+        finally:
+            await up.aclose()
+
     with pytest.raises(UploadError, match="bad_key") as info:
-        asyncio.run(up.push())
+        asyncio.run(go())
     assert info.value.status == 401
     assert len(srv.requests) == 1
 
@@ -278,7 +186,8 @@ def test_sync_offline_run_twice(
     # A second sync finds everything there and sends nothing.
     assert sync_main(argv) == 0
     assert "sent 0 new" in capsys.readouterr().out
-    assert len([r for r in srv.requests if r[1] in ("POST", "PUT")]) == writes + 1  # run upsert
+    assert len([r for r in srv.requests if r[1] in ("POST", "PUT")]) == writes
+    assert api.run(P, run.id)["state"] == "finished"
 
 
 def test_sync_resumes_a_partial_upload(srv: LoopbackServer, tmp_path: Path) -> None:
@@ -338,7 +247,7 @@ def test_close_times_out_and_says_how_to_sync(srv: LoopbackServer, tmp_path: Pat
     srv.stop()  # nothing listens: every request fails
     err = io.StringIO()
     started = time.monotonic()
-    run = _online_run(srv, tmp_path / "runs", upload_timeout=1.0, stderr=err)
+    run, _ = online_run(srv.url, srv.key, tmp_path / "runs", upload_timeout=1.0, stderr=err)
     for i in range(20):
         run.log({"loss": float(i)})
     run.finish()

@@ -9,14 +9,18 @@ backends that pass agree with each other.
 
 from __future__ import annotations
 
+import bisect
+import itertools
 import math
 import random
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import anyio
 import pytest
 
 from server.store import RunNotFoundError, SeqGapError, Store
+from server.store.migrations import MIGRATIONS
 
 pytestmark = pytest.mark.anyio
 # The store_factory fixture (tests/server/conftest.py) opens stores on the test's database.
@@ -557,6 +561,348 @@ async def test_many_runs_and_keys_and_system(store: Store) -> None:
     assert math.isnan(s.first[1])
 
 
+# ------------------------------------------------------------------ history from rollup blocks
+
+ROLLUP_COLS = (
+    "run, key, level, block, n, smin, smax, vmin, vmax, fstep, fval, lstep, lval, "
+    "rtmin, rtmax, tsmin, tsmax"
+)
+
+
+async def _sql(store: Store, query: str) -> list[tuple[Any, ...]]:
+    """Run SQL on the store's own database (the tests look behind the protocol here)."""
+    if hasattr(store, "_call"):  # SQLite: on the store's worker thread
+        db = store._db  # type: ignore[attr-defined]
+        return await store._call(lambda: [tuple(r) for r in db().execute(query)])  # type: ignore[attr-defined]
+    pool = store._p()  # type: ignore[attr-defined]
+    return [tuple(r) for r in await pool.fetch(query)]
+
+
+async def _rollups(store: Store) -> list[tuple[Any, ...]]:
+    out = []
+    for table in ("series_rollup", "system_rollup"):
+        out += await _sql(
+            store, f"SELECT {ROLLUP_COLS} FROM {table} ORDER BY run, key, level, block"
+        )
+    return out
+
+
+Model = dict[tuple[str, int], tuple[float, float, Any]]
+
+
+def _scenario(seed: int) -> tuple[list[list[Any]], Model]:
+    """Batches that exercise every ingest case, and the points they must leave stored.
+
+    In-order rows with gaps (from a negative step), rows rewriting old steps
+    out of order (as an API client may send), a partial replaced by a fuller
+    partial and then by the row (deleting keys), non-finite values, ints, -0.0
+    and strings; the model applies the store's documented rules in Python.
+    """
+    rnd = random.Random(seed)
+    events: list[Any] = []
+    model: Model = {}
+    partial: list[Any] = [None, []]
+
+    def value() -> Any:
+        r = rnd.random()
+        if r < 0.03:
+            return rnd.choice((math.nan, math.inf, -math.inf))
+        if r < 0.05:
+            return rnd.choice((-0.0, rnd.randint(-50, 50)))
+        return rnd.gauss(0, 10)
+
+    def emit(kind: str, step: int, data: dict[str, Any]) -> None:
+        runtime = step * 0.5 + 0.25  # increasing with the step, whatever the order
+        events.append(
+            (
+                kind,
+                len(events) + 1,
+                1000.0 + runtime,
+                {"step": step, "runtime": runtime, "data": data},
+            )
+        )
+        if partial[0] == step:
+            for k in partial[1]:
+                model.pop((k, step), None)
+        for k, v in data.items():
+            if not isinstance(v, str):
+                model[(k, step)] = (runtime, 1000.0 + runtime, v)
+        if kind == "partial":
+            partial[:] = [step, list(data)]
+        elif partial[0] == step:
+            partial[:] = [None, []]
+
+    step = -60  # an API client may log negative steps
+    for _ in range(6000):
+        step += rnd.choice((1, 1, 1, 2, 5))
+        data: dict[str, Any] = {"m": value()}
+        if rnd.random() < 0.7:
+            data["n"] = value()
+        if rnd.random() < 0.05:
+            data["note"] = "text"
+        emit("row", step, data)
+    for _ in range(200):
+        emit("row", rnd.randint(-60, step), {"m": value(), "n": value()})
+    step += 3
+    emit("partial", step, {"m": 1.0, "gone": 2.0, "note": "draft"})
+    emit("partial", step, {"m": 3.0, "gone": 4.0})
+    emit("row", step, {"m": 5.0})
+    for _ in range(500):
+        step += 1
+        emit("row", step, {"m": value(), "n": value()})
+    batches = []
+    i = 0
+    while i < len(events):
+        n = rnd.choice((1, 7, 300, 700))
+        batches.append(events[i : i + n])
+        i += n
+    return batches, model
+
+
+def _points(model: Model, key: str, x: str) -> list[tuple[int, float, Any]]:
+    col = {"_step": None, "_runtime": 0, "_timestamp": 1}[x]
+    return sorted(
+        (s, float(s) if col is None else v[col], v[2]) for (k, s), v in model.items() if k == key
+    )
+
+
+def _check_whole_blocks(
+    s: Any, pts: list[tuple[int, float, Any]], buckets: int, lo: float, hi: float, is_step: bool
+) -> None:
+    """Each returned bucket holds the exact aggregates of the points from its x to the next x.
+
+    ``pts``: (step, x, value) of the points in range, by step. For the step
+    axis, a bucket also stays within one block of where the bucket formula
+    puts it: its points fall in the formula's bucket of its x or the next.
+    """
+    assert s.downsampled
+    xs = s.x
+    assert 0 < len(xs) <= buckets
+    assert all(a < b for a, b in itertools.pairwise(xs))
+    groups: list[list[tuple[int, float, Any]]] = [[] for _ in xs]
+    for p in pts:
+        i = bisect.bisect_right(xs, p[1]) - 1
+        assert i >= 0, p
+        groups[i].append(p)
+    for g, got in zip(groups, _as_rows(s), strict=True):
+        fin = [p for p in g if math.isfinite(p[2])]
+        want = (
+            min(p[1] for p in g),
+            len(g),
+            min((p[2] for p in fin), default=None),
+            max((p[2] for p in fin), default=None),
+            fin[0][2] if fin else None,
+            fin[-1][2] if fin else None,
+        )
+        assert got == want
+    assert s.cursor == max(p[0] for p in pts)
+    if is_step:
+
+        def ideal(x: float) -> int:
+            return ((int(x) - int(lo)) * buckets) // (int(hi) - int(lo) + 1)
+
+        for x0, g in zip(xs, groups, strict=True):
+            assert {ideal(p[1]) for p in g} <= {ideal(x0), ideal(x0) + 1}
+
+
+@pytest.mark.parametrize("x", ["_step", "_runtime", "_timestamp"])
+async def test_rollup_buckets_are_exact_after_every_ingest_case(
+    make_store: StoreFactory, x: str
+) -> None:
+    # exact_points=0: every downsampled query that blocks can answer uses them.
+    store = await make_store(exact_points=0)
+    await store.upsert_run(P, "r1")
+    batches, model = _scenario(7)
+    for b in batches:
+        await store.append_events(P, "r1", b)
+    rnd = random.Random(3)
+    for key in ("m", "n"):
+        pts = _points(model, key, x)
+        for buckets in (1, 3, 50, 300):
+            for zoom in (False, True):
+                sel, kw = pts, {}
+                lo, hi = pts[0][1], pts[-1][1]
+                if zoom:
+                    a, b = sorted(rnd.sample(range(len(pts)), 2))
+                    lo, hi = pts[a][1] - 0.3, pts[b][1] + 0.3
+                    kw = {"x_min": lo, "x_max": hi}
+                    sel = [p for p in pts if lo <= p[1] <= hi]
+                s = (await store.history(P, ["r1"], [key], x=x, buckets=buckets, **kw))[("r1", key)]
+                if len(sel) <= buckets:
+                    assert not s.downsampled
+                    assert s.x == [p[1] for p in sel]
+                    continue
+                _check_whole_blocks(s, sel, buckets, lo, hi, x == "_step")
+    # A deleted key leaves no block behind.
+    assert ("r1", "gone") not in await store.history(P, ["r1"], ["gone"], x=x, buckets=1)
+
+
+async def test_rollup_blocks_equal_a_rebuild_and_migration_2_backfills(
+    make_store: StoreFactory,
+) -> None:
+    store = await make_store()
+    await store.upsert_run(P, "r1")
+    batches, _ = _scenario(11)
+    for b in batches:
+        await store.append_events(P, "r1", b)
+    await store.append_events(
+        P,
+        "r1",
+        [
+            (
+                "stats",
+                sum(len(b) for b in batches) + i + 1,
+                5.0 + i,
+                {"runtime": float(i), "values": {"cpu": i % 7}},
+            )
+            for i in range(100)
+        ],
+    )
+    kept = await _rollups(store)
+    assert kept
+    # What ingest maintained equals what migration 2 builds from the points:
+    # undo migration 2 and open the store again, which applies it.
+    await _sql(store, "DROP TABLE series_rollup")
+    await _sql(store, "DROP TABLE system_rollup")
+    await _sql(store, "DELETE FROM schema_version WHERE version = 2")
+    await store.aclose()
+    again = await make_store()
+    assert await _rollups(again) == kept
+
+
+async def test_large_series_buckets_are_whole_blocks(store: Store) -> None:
+    await store.upsert_run(P, "r1")
+    n = 40_000
+    for s0 in range(0, n, 10_000):
+        await store.append_events(
+            P,
+            "r1",
+            [row(s + 1, s, {"a": float((s * 7919) % 1000)}) for s in range(s0, s0 + 10_000)],
+        )
+    s = (await store.history(P, ["r1"], ["a"], buckets=1000))[("r1", "a")]
+    # 40 steps a bucket: blocks of 16 steps, each bucket starting at a block edge.
+    assert all(x % 16 == 0 for x in s.x)
+    pts = [(i, float(i), float((i * 7919) % 1000)) for i in range(n)]
+    _check_whole_blocks(s, pts, 1000, 0, n - 1, True)
+    assert len(s.x) > 900  # whole blocks, yet close to the buckets asked for
+
+
+async def test_overlapping_x_blocks_fall_back_to_exact_buckets(make_store: StoreFactory) -> None:
+    store = await make_store(exact_points=0)
+    await store.upsert_run(P, "r1")
+    rnd = random.Random(2)
+    pts = []
+    evs = []
+    for i in range(3000):
+        runtime = rnd.random() * 100  # no order at all: blocks overlap in x
+        v = rnd.gauss(0, 1)
+        evs.append(
+            ("row", i + 1, 1000.0 + runtime, {"step": i, "runtime": runtime, "data": {"m": v}})
+        )
+        pts.append((i, runtime, v))
+    await store.append_events(P, "r1", evs)
+    s = (await store.history(P, ["r1"], ["m"], x="_runtime", buckets=40))[("r1", "m")]
+    lo, hi = min(p[1] for p in pts), max(p[1] for p in pts)
+    want = _ref_buckets(pts, 40, lo, hi, False)
+    got = _as_rows(s)
+    assert len(got) == len(want)
+    for g, w in zip(got, want, strict=True):
+        assert g[:2] == pytest.approx(w[:2])
+        assert g[2:] == w[2:]
+
+
+async def test_system_metrics_downsample_from_blocks(make_store: StoreFactory) -> None:
+    store = await make_store(exact_points=0)
+    await store.upsert_run(P, "r1")
+    vals = [math.nan if i % 97 == 0 else float((i * 31) % 101) for i in range(3000)]
+    await store.append_events(
+        P,
+        "r1",
+        [
+            ("stats", i + 1, 2000.0 + i, {"runtime": i * 2.0, "values": {"system/cpu": v}})
+            for i, v in enumerate(vals)
+        ],
+    )
+    for x, scale in (("_step", 1.0), ("_runtime", 2.0)):
+        s = (await store.history(P, ["r1"], ["system/cpu"], x=x, buckets=30, source="system"))[
+            ("r1", "system/cpu")
+        ]
+        pts = [(i, i * scale, v) for i, v in enumerate(vals)]
+        _check_whole_blocks(s, pts, 30, 0, 2999 * scale, x == "_step")
+
+
+# ------------------------------------------------------------------ keys and values
+
+
+async def test_run_keys_lists_each_kind_sorted(store: Store) -> None:
+    await store.upsert_run(P, "r1")
+    await store.upsert_run(P, "other")
+    await store.append_events(
+        P,
+        "r1",
+        [
+            row(1, 0, {"train/loss": 1.0, "acc": 2, "img": {"path": "media/a.png", "sha256": "0"}}),
+            row(2, 1, {"acc": "n/a", "note": "hi", "flag": True, "nan": math.nan}),
+            ("stats", 3, 5.0, {"runtime": 1.0, "values": {"system/gpu": 1.0, "system/cpu": 2.0}}),
+        ],
+    )
+    await store.append_events(P, "other", [row(1, 0, {"zzz": 1.0, "yyy": "s"})])
+    assert await store.run_keys(P, "r1") == {
+        "history": ["acc", "nan", "train/loss"],
+        "values": ["acc", "flag", "img", "note"],
+        "system": ["system/cpu", "system/gpu"],
+    }
+    assert await store.run_keys(P, "missing") == {"history": [], "values": [], "system": []}
+    assert await store.run_keys("nope", "r1") == {"history": [], "values": [], "system": []}
+
+
+async def test_values_in_step_then_key_order_with_a_cursor(store: Store) -> None:
+    await store.upsert_run(P, "r1")
+    evs = []
+    for i in range(10):
+        data: dict[str, Any] = {"loss": float(i), "caption": f"c{i}"}
+        if i % 3 == 0:
+            data["img"] = {"path": f"media/{i}.png", "sha256": str(i), "nf": math.nan}
+        evs.append(row(i + 1, i * 2, data))
+    await store.append_events(P, "r1", evs)
+    want = []
+    for i in range(10):
+        want.append(("caption", i * 2, f"c{i}"))
+        if i % 3 == 0:
+            want.append(
+                ("img", i * 2, {"path": f"media/{i}.png", "sha256": str(i), "nf": math.nan})
+            )
+    got = await store.values(P, "r1", ["img", "caption", "loss", "unknown"])
+    assert [g[:2] for g in got] == [w[:2] for w in want]
+    assert math.isnan(got[1][2]["nf"])  # values decode exactly, NaN included
+    assert [g[2] for g in got if g[0] == "caption"] == [f"c{i}" for i in range(10)]
+    # Paging by the last step seen returns every value once; a page never
+    # splits a step, so it may hold fewer than ``limit`` values.
+    pages: list[list[Any]] = []
+    cursor = None
+    while True:
+        page = await store.values(P, "r1", ["caption", "img"], after_step=cursor, limit=3)
+        if not page:
+            break
+        assert len(page) <= 3
+        pages.append(page)
+        cursor = page[-1][1]
+    flat = [v[:2] for p in pages for v in p]
+    assert flat == [w[:2] for w in want]
+    assert len(pages[0]) == 3  # step 0 (2 values) + step 2 (1 value)
+    assert await store.values(P, "r1", ["caption"], after_step=18) == []
+    assert await store.values(P, "missing", ["caption"]) == []
+    with pytest.raises(ValueError, match="limit"):
+        await store.values(P, "r1", ["caption"], limit=0)
+
+
+async def test_values_limit_of_one_still_returns_a_whole_step(store: Store) -> None:
+    await store.upsert_run(P, "r1")
+    await store.append_events(P, "r1", [row(1, 0, {"a": "x", "b": "y"}), row(2, 1, {"a": "z"})])
+    assert await store.values(P, "r1", ["a", "b"], limit=1) == [("a", 0, "x"), ("b", 0, "y")]
+    assert await store.values(P, "r1", ["a", "b"], after_step=0, limit=1) == [("a", 1, "z")]
+
+
 # ------------------------------------------------------------------ output, files
 
 
@@ -604,13 +950,38 @@ async def test_files(store: Store) -> None:
 # ------------------------------------------------------------------ lifecycle
 
 
+async def test_a_batch_needs_one_connection_only(
+    request: pytest.FixtureRequest, store: Store
+) -> None:
+    if "sqlite" in request.node.callspec.id:
+        pytest.skip("SQLite has one connection and no pool")
+    # Hold every pooled connection but one: a batch that needed a second one
+    # (new key ids, keys of a deleted partial) would wait forever.
+    pool = store._p()  # type: ignore[attr-defined]
+    held = [await pool.acquire() for _ in range(pool.get_max_size() - 1)]
+    try:
+        with anyio.fail_after(20):
+            await store.upsert_run(P, "r1")
+            await store.append_events(P, "r1", [row(1, 0, {"a": 1.0, "b": 2.0}, kind="partial")])
+            store._keys.clear()  # type: ignore[attr-defined]  # as in another process
+            await store.append_events(
+                P, "r1", [row(2, 0, {"a": 3.0, "c": "x"}), row(3, 1, {"d": 4.0})]
+            )
+            h = await store.history(P, ["r1"], ["a", "b", "d"])
+    finally:
+        for conn in held:
+            await pool.release(conn)
+    assert {k: values(s) for k, s in h.items()} == {("r1", "a"): [3.0], ("r1", "d"): [4.0]}
+
+
 async def test_migrations_twice_are_harmless(make_store: StoreFactory) -> None:
     first = await make_store()
     await first.upsert_run(P, "r1")
     await first.append_events(P, "r1", [row(1, 0, {"a": 1.0})])
     await first.migrate()  # type: ignore[attr-defined]
     second = await make_store()  # opening again migrates again
-    assert await second.schema_versions() == [1]  # type: ignore[attr-defined]
+    want = [m.version for m in MIGRATIONS]
+    assert await second.schema_versions() == want  # type: ignore[attr-defined]
     assert await second.last_seq(P, "r1") == 1
     await first.aclose()
     await first.aclose()  # idempotent

@@ -44,8 +44,10 @@ __all__ = [
 async def open_store(url_or_path: str | Path, **options: Any) -> Store:
     """Open (and migrate) the store at a SQLite path or a ``postgresql://`` URL.
 
-    ``options`` go to the backend: ``stale_after`` (seconds, default 120) and
-    ``clock`` for both; ``schema``, ``min_size``, ``max_size`` for PostgreSQL.
+    ``options`` go to the backend: ``stale_after`` (seconds, default 120),
+    ``clock`` and ``exact_points`` (history ranges of at most this many points
+    are bucketed exactly, larger ones from rollup blocks; default 20,000) for
+    both; ``schema``, ``min_size``, ``max_size`` for PostgreSQL.
     PostgreSQL needs the ``asyncpg`` package (the ``server`` extra); it is
     imported only here, so SQLite users do not need it.
     """

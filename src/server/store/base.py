@@ -152,10 +152,13 @@ class Series:
     ``min``, ``max`` and ``last`` are the same list of exact values (NaN and
     infinities included, ints as ints) and every ``count`` is 1.
 
-    Downsampled: one entry per non-empty bucket; ``x`` is the smallest x in the
-    bucket, ``first``/``last`` the values at the bucket's lowest/highest step and
-    ``min``/``max`` the extremes, all over finite values only (None when the
-    bucket holds none); ``count`` counts every point, non-finite ones included.
+    Downsampled: one entry per non-empty bucket, at most the buckets asked
+    for; ``x`` is the smallest x in the bucket, ``first``/``last`` the values at
+    the bucket's lowest/highest step and ``min``/``max`` the extremes, all over
+    finite values only (None when the bucket holds none); ``count`` counts
+    every point, non-finite ones included. Each entry is exact for the points
+    it covers; on a large range a bucket is a union of whole rollup blocks, so
+    its edges snap to block edges (see :mod:`server.store.rollup`).
 
     ``cursor`` is the highest step returned: pass it back as ``after`` to get
     only newer points.
@@ -253,6 +256,32 @@ class Store(Protocol):
         """Series for each (run, key) that has points."""
         ...
 
+    async def run_keys(self, project: str, run_id: str) -> dict[str, list[str]]:
+        """The keys a run has logged, each list sorted; empty lists for an unknown run.
+
+        ``history``: keys with numeric row values; ``values``: keys with other row
+        values (strings, media references, lists...); ``system``: system metrics.
+        A key logged both ways appears in both lists.
+        """
+        ...
+
+    async def values(
+        self,
+        project: str,
+        run_id: str,
+        keys: Sequence[str],
+        *,
+        after_step: int | None = None,
+        limit: int = 1000,
+    ) -> list[tuple[str, int, Any]]:
+        """Non-numeric row values as ``(key, step, value)``, by step then key.
+
+        Only steps above ``after_step``, at most ``limit`` (pass the last step
+        back as ``after_step`` for the next page). Raises ``ValueError`` for a
+        ``limit`` below 1.
+        """
+        ...
+
     async def output(
         self, project: str, run_id: str, *, after_line: int = 0, limit: int = 1000
     ) -> list[OutputLine]:
@@ -343,6 +372,13 @@ class Plan:
     partial_keys: list[str] = field(default_factory=list)
     stats_count: int = 0
     output_lines: int = 0
+    # What the batch touched, for rollup upkeep: the keys of its rows (numeric
+    # or not) and their steps, the numeric keys of its stats and their sample
+    # indexes. Gathered per event, so nobody walks every point again.
+    row_keys: set[str] = field(default_factory=set)
+    row_steps: list[int] = field(default_factory=list)
+    stats_keys: set[str] = field(default_factory=set)
+    stats_steps: list[int] = field(default_factory=list)
 
 
 def new_events(
@@ -409,7 +445,13 @@ def plan_batch(state: RunState, events: Sequence[EventTuple], dumps: Callable[[A
                     series.pop((k, step), None)
                     values.pop((k, step), None)
                     plan.deletes.append((k, step))
+            plan.row_steps.append(step)
+            plan.row_keys.update(data)
             for k, v in data.items():
+                if type(v) is float and v - v == 0.0 and v != 0.0:
+                    # The common case, without a call: a finite float, not a zero.
+                    series[(k, step)] = (step, ts, runtime, v, KIND_FLOAT)
+                    continue
                 num = encode_number(v)
                 if num is not None:
                     series[(k, step)] = (step, ts, runtime, num[0], num[1])
@@ -425,11 +467,13 @@ def plan_batch(state: RunState, events: Sequence[EventTuple], dumps: Callable[[A
             idx = plan.stats_count
             plan.stats_count += 1
             runtime = float(body.get("runtime") or 0.0)
+            plan.stats_steps.append(idx)
             for k, v in body["values"].items():
                 num = encode_number(v)
                 # System metrics are numbers; anything else has no series to go to.
                 if num is not None:
                     plan.system.append((k, idx, ts, runtime, num[0], num[1]))
+                    plan.stats_keys.add(k)
         elif kind == "config":
             plan.config = {**(plan.config or state.config or {}), **body["values"]}
         elif kind == "summary":
@@ -712,8 +756,10 @@ def history_sql(
     ``count`` gives (points, min x, max x, max step) in range; ``raw`` the
     points themselves; ``agg`` one row per non-empty bucket: bucket, smallest
     x, count, min, max, first, last and the highest step. ``first``/``last``
-    come from joining back on the lowest/highest step with a finite value, which
-    the primary key answers directly, instead of a window over every point.
+    come from looking up the lowest/highest step with a finite value, which
+    the primary key answers directly, instead of a window over every point
+    (scalar subqueries, not joins: no plan can make them scans, even on a
+    table PostgreSQL has not analyzed yet).
     """
     if table not in ("series", "system"):
         raise ValueError(f"unknown series table {table!r}")
@@ -757,16 +803,61 @@ def history_sql(
         "MIN(CASE WHEN s.value IS NOT NULL THEN s.step END) AS s0, "
         "MAX(CASE WHEN s.value IS NOT NULL THEN s.step END) AS s1, "
         f"MAX(s.step) AS smax {src} GROUP BY 1) "
-        "SELECT b.b, b.x0, b.n, b.vmin, b.vmax, f.value, l.value, b.smax FROM b "
-        f"LEFT JOIN {table} f ON f.run = {r} AND f.key = {k} AND f.step = b.s0 "
-        f"LEFT JOIN {table} l ON l.run = {r} AND l.key = {k} AND l.step = b.s1 "
-        "ORDER BY b.b"
+        "SELECT b.b, b.x0, b.n, b.vmin, b.vmax, "
+        f"(SELECT o.value FROM {table} o WHERE o.run = {r} AND o.key = {k} AND o.step = b.s0), "
+        f"(SELECT o.value FROM {table} o WHERE o.run = {r} AND o.key = {k} AND o.step = b.s1), "
+        "b.smax FROM b ORDER BY b.b"
     )
     return HistorySql(count, raw, agg, params)
 
 
 #: Most points one raw or cursor read returns (the cursor continues from there).
 RAW_LIMIT = 100_000
+
+
+def run_keys_sql(d: Dialect, table: str, rid: int) -> tuple[str, list[Any]]:
+    """The names of the keys a run has in a narrow table, by a skip scan.
+
+    Each step of the recursion seeks the next key id in the (run, key, step)
+    primary key, so the cost grows with the number of keys, not of points;
+    ``SELECT DISTINCT`` would read every point of the run.
+    """
+    if table not in ("series", "system", "row_values"):
+        raise ValueError(f"unknown narrow table {table!r}")
+    params: list[Any] = []
+    r = d.param(params, rid)
+    sql = (
+        f"WITH RECURSIVE k(id) AS (SELECT (SELECT MIN(key) FROM {table} WHERE run = {r}) "
+        f"UNION ALL SELECT (SELECT MIN(key) FROM {table} WHERE run = {r} AND key > k.id) "
+        "FROM k WHERE k.id IS NOT NULL) "
+        "SELECT keys.name FROM k JOIN keys ON keys.id = k.id"
+    )
+    return sql, params
+
+
+def check_values_limit(limit: int) -> None:
+    """Refuse a ``values`` page size below 1 (raises ValueError naming it)."""
+    if limit < 1:
+        raise ValueError(f"limit must be at least 1, got {limit}")
+
+
+def values_page(rows: Sequence[tuple[str, int, Any]], limit: int) -> list[tuple[str, int, Any]]:
+    """One page of ``(key, step, value)`` rows, by step then key, never splitting a step.
+
+    ``rows`` holds, for each key asked, its first ``limit`` rows above the
+    cursor (enough to see every row of the page's last step). A page that
+    would end inside a step stops before that step, so passing the page's last
+    step back as the cursor loses nothing; a single step with more than
+    ``limit`` values comes whole.
+    """
+    ordered = sorted(rows, key=lambda r: (r[1], r[0]))
+    if len(ordered) <= limit:
+        return ordered
+    cut = ordered[limit - 1][1]
+    if ordered[limit][1] != cut:
+        return ordered[:limit]
+    page = [r for r in ordered[:limit] if r[1] != cut]
+    return page or [r for r in ordered if r[1] == cut]
 
 
 def bucket_params(is_step: bool, lo: float, hi: float, buckets: int) -> tuple[Any, int, Any]:

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .rollup import backfill_sql, rollup_schema
+
 
 @dataclass(frozen=True, slots=True)
 class Migration:
@@ -137,10 +139,61 @@ CREATE TABLE files (
 );
 """
 
+# Rollup blocks beside each narrow table (see rollup.py), built from the points
+# migration 1 stored. The backfill is one GROUP BY over every point, so it
+# takes as long as reading the database once.
+_V2_SQLITE = ";\n".join(
+    [
+        rollup_schema("series", sqlite=True),
+        rollup_schema("system", sqlite=True),
+        *backfill_sql("series"),
+        *backfill_sql("system"),
+    ]
+)
+_V2_POSTGRES = ";\n".join(
+    [
+        rollup_schema("series", sqlite=False),
+        rollup_schema("system", sqlite=False),
+        *backfill_sql("series"),
+        *backfill_sql("system"),
+    ]
+)
+
+# API keys (server.auth): only the SHA-256 of a key is stored; UNIQUE on the
+# hash is also the index every request's lookup uses. ``revoked`` keeps the row
+# (who had access, and until when) instead of deleting it.
+_V3_SQLITE = """
+CREATE TABLE api_keys (
+    id TEXT PRIMARY KEY,
+    name TEXT NOT NULL DEFAULT '',
+    hash TEXT NOT NULL UNIQUE,
+    admin INTEGER NOT NULL DEFAULT 0,
+    projects TEXT NOT NULL DEFAULT '{}',
+    created REAL NOT NULL,
+    revoked REAL,
+    last_used REAL
+)
+"""
+
+_V3_POSTGRES = """
+CREATE TABLE api_keys (
+    id TEXT PRIMARY KEY,
+    name TEXT NOT NULL DEFAULT '',
+    hash TEXT NOT NULL UNIQUE,
+    admin BOOLEAN NOT NULL DEFAULT FALSE,
+    projects JSONB NOT NULL DEFAULT '{}',
+    created DOUBLE PRECISION NOT NULL,
+    revoked DOUBLE PRECISION,
+    last_used DOUBLE PRECISION
+)
+"""
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(
         1, "runs, interned keys, narrow series, row values, output, files", _V1_SQLITE, _V1_POSTGRES
     ),
+    Migration(2, "rollup blocks of series and system points for history", _V2_SQLITE, _V2_POSTGRES),
+    Migration(3, "API keys: hashed, per-project rights, revocable", _V3_SQLITE, _V3_POSTGRES),
 )
 
 #: The schema version a store built from this code has.

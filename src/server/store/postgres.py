@@ -6,8 +6,10 @@ given overlapping batches of one run store each event once; migrations take an
 advisory lock; key ids are created in their own committed statement, so the
 per-process key cache never holds an id another process cannot see.
 
-Bulk writes go through ``INSERT ... SELECT FROM unnest($1::type[], ...)``: one
-statement and one round trip per table per batch, whatever its size.
+Points go in by binary COPY when the batch cannot conflict with stored ones
+(a run logging forward), else, like the other tables, through ``INSERT ...
+SELECT FROM unnest($1::type[], ...)``: one statement and one round trip per
+table per batch, whatever its size.
 """
 
 from __future__ import annotations
@@ -23,7 +25,6 @@ from pipeline.jsoncodec import loads as _loads
 
 from . import migrations
 from .base import (
-    RAW_LIMIT,
     EventTuple,
     FileRecord,
     Filter,
@@ -35,18 +36,30 @@ from .base import (
     Series,
     Source,
     StoreClosedError,
-    bucket_params,
     check_run_fields,
+    check_values_limit,
     filter_sql,
-    history_sql,
     needs_json,
     new_events,
     order_sql,
     plan_batch,
-    series_from_agg,
-    series_from_raw,
+    run_keys_sql,
     state_expr,
+    values_page,
     x_axis,
+)
+from .rollup import (
+    EXACT_POINTS,
+    ROLLUP_COLUMNS,
+    ROLLUP_SHIFTS,
+    Upkeep,
+    batch_blocks,
+    history_plan,
+    merge_upsert_sql,
+    refresh_ranges,
+    refresh_unnest_sql,
+    rollup_table,
+    upkeep,
 )
 
 
@@ -127,11 +140,96 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
     )
 
 
+_POINT_COLUMNS = ("run", "key", "step", "ts", "runtime", "value", "kind")
+
+
+async def _stage(
+    conn: asyncpg.Connection, table: str, columns: Sequence[str], records: list[tuple[Any, ...]]
+) -> str:
+    """COPY ``records`` into this transaction's staging copy of ``table``; its name.
+
+    Binary COPY, because passing rows as array parameters makes asyncpg check
+    every element for nesting (about 0.3 µs each); the staging table is a
+    temporary one, emptied at commit, so other sessions never see it.
+    """
+    stage = f"runbus_stage_{table}"
+    await conn.execute(
+        f"CREATE TEMP TABLE IF NOT EXISTS {stage} (LIKE {table}) ON COMMIT DELETE ROWS"
+    )
+    await conn.copy_records_to_table(stage, records=records, columns=columns)
+    return stage
+
+
+async def _write_points(
+    conn: asyncpg.Connection,
+    u: Upkeep,
+    rid: int,
+    ids: dict[str, int],
+    rows: list[tuple[Any, ...]],
+) -> bool:
+    """Write ``(run, key, step, ts, runtime, value, kind)`` rows of one run; True if all were new.
+
+    A batch whose steps all lie above what its keys hold (a run logging
+    forward, the usual case) cannot conflict, and goes straight in by binary
+    COPY, the fastest way in; the rest is staged and upserted.
+    """
+    clash = await conn.fetchval(
+        f"SELECT EXISTS (SELECT 1 FROM {u.table} WHERE run = $1 AND key = ANY($2::int[]) "
+        "AND step >= $3)",
+        rid,
+        [ids[k] for k in u.keys],
+        u.lowest,
+    )
+    if not rows:
+        return not clash
+    if not clash:
+        await conn.copy_records_to_table(u.table, records=rows, columns=_POINT_COLUMNS)
+        return True
+    stage = await _stage(conn, u.table, _POINT_COLUMNS, rows)
+    await conn.execute(
+        f"INSERT INTO {u.table} SELECT * FROM {stage} WHERE true "
+        "ON CONFLICT (run, key, step) DO UPDATE SET ts = EXCLUDED.ts, "
+        "runtime = EXCLUDED.runtime, value = EXCLUDED.value, kind = EXCLUDED.kind"
+    )
+    return False
+
+
+async def _update_rollups(
+    conn: asyncpg.Connection, u: Upkeep, rid: int, ids: dict[str, int], appends: bool
+) -> None:
+    """Bring ``u.table``'s rollup blocks up to date with the batch just written."""
+    if appends:
+        # Merge the batch's own block aggregates, every shift at once (the
+        # primary key includes the shift, so no row is hit twice).
+        rows = [
+            (rid, ids[k], shift, b, *a)
+            for shift, level in zip(ROLLUP_SHIFTS, batch_blocks(u.points), strict=True)
+            for (k, b), a in level.items()
+        ]
+        roll = rollup_table(u.table)
+        stage = await _stage(conn, roll, ROLLUP_COLUMNS.split(", "), rows)
+        await conn.execute(merge_upsert_sql(u.table, f"SELECT * FROM {stage} WHERE true"))
+        return
+    kids = [ids[k] for k in u.keys]
+    for i, ranges in enumerate(refresh_ranges(u.steps)):
+        delete, refresh = refresh_unnest_sql(u.table, i)
+        args = [
+            [kid for kid in kids for _ in ranges],
+            [b0 for _ in kids for b0, _ in ranges],
+            [b1 for _ in kids for _, b1 in ranges],
+        ]
+        if u.deleted:
+            # A deletion may have emptied a block, which no upsert removes.
+            await conn.execute(delete, rid, *args)
+        await conn.execute(refresh, rid, *args)
+
+
 class PostgresStore:
     """A :class:`~server.store.base.Store` in PostgreSQL. Open with :meth:`open`.
 
     ``schema``: the search_path to use (tests give each test its own).
-    ``stale_after`` and ``clock`` as for :class:`~server.store.sqlite.SqliteStore`.
+    ``stale_after``, ``clock`` and ``exact_points`` as for
+    :class:`~server.store.sqlite.SqliteStore`.
     """
 
     def __init__(
@@ -140,10 +238,12 @@ class PostgresStore:
         *,
         stale_after: float = 120.0,
         clock: Callable[[], float] = time.time,
+        exact_points: int = EXACT_POINTS,
     ) -> None:
         self._pool: asyncpg.Pool | None = pool
         self.stale_after = stale_after
         self.clock = clock
+        self.exact_points = exact_points
         self._keys: dict[str, int] = {}
 
     @classmethod
@@ -233,10 +333,12 @@ class PostgresStore:
                     self._keys[name] = kid
         return {n: self._keys[n] for n in names}
 
-    async def _lookup_keys(self, names: Sequence[str]) -> dict[str, int]:
+    async def _lookup_keys(
+        self, names: Sequence[str], conn: asyncpg.Connection | None = None
+    ) -> dict[str, int]:
         missing = [n for n in names if n not in self._keys]
         if missing:
-            rows = await self._p().fetch(
+            rows = await (conn or self._p()).fetch(
                 "SELECT id, name FROM keys WHERE name = ANY($1::text[])", missing
             )
             for kid, name in rows:
@@ -302,6 +404,9 @@ class PostgresStore:
                 names.update(body["data"])
             elif kind == "stats":
                 names.update(body["values"])
+        # Before taking a connection for the batch: creating ids needs one of
+        # its own, and a pool of one would otherwise wait on itself.
+        ids = await self._key_ids(names)
         async with self._p().acquire() as conn, conn.transaction():
             row = await conn.fetchrow(
                 f"SELECT {cols} FROM runs WHERE project = $1 AND run_id = $2 FOR UPDATE",
@@ -328,8 +433,11 @@ class PostgresStore:
                 metrics=row[10] if want_json else None,
             )
             plan = plan_batch(state, fresh, _dumps_str)
-            names.update(k for k, _ in plan.deletes)
-            ids = await self._key_ids(names)
+            gone = [k for k, _ in plan.deletes if k not in ids]
+            if gone:
+                # Keys of a partial stored by an earlier batch: they exist, so
+                # reading them on the batch's own connection is enough.
+                ids.update(await self._lookup_keys(gone, conn))
             if plan.deletes:
                 dk = [ids[k] for k, _ in plan.deletes]
                 ds = [s for _, s in plan.deletes]
@@ -341,22 +449,14 @@ class PostgresStore:
                         dk,
                         ds,
                     )
-            for table, rows in (
-                ("series", [(ids[k], *v) for (k, _), v in plan.series.items()]),
-                ("system", [(ids[s[0]], *s[1:]) for s in plan.system]),
-            ):
-                if not rows:
-                    continue
-                cols7 = list(zip(*rows, strict=True))
-                await conn.execute(
-                    f"INSERT INTO {table} (run, key, step, ts, runtime, value, kind) "
-                    "SELECT $1, * FROM unnest($2::int[], $3::bigint[], $4::float8[], "
-                    "$5::float8[], $6::float8[], $7::int2[]) "
-                    "ON CONFLICT (run, key, step) DO UPDATE SET ts = EXCLUDED.ts, "
-                    "runtime = EXCLUDED.runtime, value = EXCLUDED.value, kind = EXCLUDED.kind",
-                    rid,
-                    *cols7,
+            for u in upkeep(plan):
+                rows = (
+                    [(rid, ids[k], *v) for (k, _), v in plan.series.items()]
+                    if u.table == "series"
+                    else [(rid, ids[s[0]], *s[1:]) for s in plan.system]
                 )
+                appends = await _write_points(conn, u, rid, ids, rows)
+                await _update_rollups(conn, u, rid, ids, appends and not u.deleted)
             if plan.values:
                 vk = [ids[k] for k, _ in plan.values]
                 vs = [v[0] for v in plan.values.values()]
@@ -512,39 +612,80 @@ class PostgresStore:
                     kid = kids.get(key)
                     if kid is None:
                         continue
-                    q = history_sql(
+                    plan = history_plan(
                         _D,
                         table,
                         x_kind,
                         x_name,
+                        run_id=run_id,
+                        key=key,
                         rid=rid,
                         kid=kid,
                         xkid=xkid,
+                        buckets=buckets,
                         x_min=x_min,
                         x_max=x_max,
                         after=after,
+                        exact_points=self.exact_points,
                     )
-                    if after is not None:
-                        rows = await conn.fetch(q.raw, *q.params, RAW_LIMIT)
-                        if rows:
-                            out[(run_id, key)] = series_from_raw(run_id, key, rows)
-                        continue
-                    n, lo, hi, _ = await conn.fetchrow(q.count, *q.params)
-                    if not n:
-                        continue
-                    if n <= buckets:
-                        rows = await conn.fetch(q.raw, *q.params, RAW_LIMIT)
-                        out[(run_id, key)] = series_from_raw(run_id, key, rows)
-                        continue
-                    b_lo, b_n, b_w = bucket_params(
-                        x_kind == "col" and x_name == "step",
-                        lo if x_min is None else x_min,
-                        hi if x_max is None else x_max,
-                        buckets,
-                    )
-                    rows = await conn.fetch(q.agg, *q.params, b_lo, b_n, b_w)
-                    out[(run_id, key)] = series_from_agg(run_id, key, rows)
+                    try:
+                        sql, params = next(plan)
+                        while True:
+                            sql, params = plan.send(await conn.fetch(sql, *params))
+                    except StopIteration as done:
+                        if done.value is not None:
+                            out[(run_id, key)] = done.value
         return out
+
+    async def run_keys(self, project: str, run_id: str) -> dict[str, list[str]]:
+        """The run's history, value and system keys, each sorted."""
+        out: dict[str, list[str]] = {"history": [], "values": [], "system": []}
+        async with self._p().acquire() as conn:
+            rid = await conn.fetchval(
+                "SELECT id FROM runs WHERE project = $1 AND run_id = $2", project, run_id
+            )
+            if rid is None:
+                return out
+            for name, table in (
+                ("history", "series"),
+                ("values", "row_values"),
+                ("system", "system"),
+            ):
+                sql, params = run_keys_sql(_D, table, rid)
+                out[name] = sorted(r[0] for r in await conn.fetch(sql, *params))
+        return out
+
+    async def values(
+        self,
+        project: str,
+        run_id: str,
+        keys: Sequence[str],
+        *,
+        after_step: int | None = None,
+        limit: int = 1000,
+    ) -> list[tuple[str, int, Any]]:
+        """Non-numeric row values after ``after_step`` (see :class:`~server.store.base.Store`)."""
+        check_values_limit(limit)
+        kids = await self._lookup_keys(list(dict.fromkeys(keys)))
+        if not kids:
+            return []
+        # One index range per key (LATERAL), rather than sorting every value
+        # of the run by step.
+        rows = await self._p().fetch(
+            "SELECT q.name, v.step, v.json FROM runs r "
+            "CROSS JOIN unnest($3::text[], $4::int[]) AS q(name, kid) "
+            "CROSS JOIN LATERAL (SELECT step, json FROM row_values "
+            "WHERE run = r.id AND key = q.kid AND step > $5 ORDER BY step LIMIT $6) v "
+            "WHERE r.project = $1 AND r.run_id = $2",
+            project,
+            run_id,
+            list(kids),
+            list(kids.values()),
+            -(2**63) if after_step is None else int(after_step),
+            limit,
+        )
+        page = values_page([(r[0], int(r[1]), r[2]) for r in rows], limit)
+        return [(k, st, _loads(js)) for k, st, js in page]
 
     async def output(
         self, project: str, run_id: str, *, after_line: int = 0, limit: int = 1000

@@ -26,7 +26,6 @@ from pipeline.jsoncodec import loads as _loads
 
 from . import migrations
 from .base import (
-    RAW_LIMIT,
     EventTuple,
     FileRecord,
     Filter,
@@ -38,18 +37,28 @@ from .base import (
     Series,
     Source,
     StoreClosedError,
-    bucket_params,
     check_run_fields,
+    check_values_limit,
     filter_sql,
-    history_sql,
     needs_json,
     new_events,
     order_sql,
     plan_batch,
-    series_from_agg,
-    series_from_raw,
+    run_keys_sql,
     state_expr,
+    values_page,
     x_axis,
+)
+from .rollup import (
+    EXACT_POINTS,
+    ROLLUP_SHIFTS,
+    Upkeep,
+    batch_blocks,
+    history_plan,
+    merge_upsert_sql,
+    refresh_ranges,
+    refresh_sql,
+    upkeep,
 )
 
 T = TypeVar("T")
@@ -126,7 +135,9 @@ class SqliteStore:
 
     ``stale_after``: seconds without events after which a running run reads as
     crashed. ``clock``: the time source for heartbeats and staleness (tests
-    inject one).
+    inject one). ``exact_points``: a history range with at most this many
+    points is bucketed exactly from its points, a larger one from rollup
+    blocks (see :mod:`server.store.rollup`).
     """
 
     def __init__(
@@ -135,10 +146,12 @@ class SqliteStore:
         *,
         stale_after: float = 120.0,
         clock: Callable[[], float] = time.time,
+        exact_points: int = EXACT_POINTS,
     ) -> None:
         self.path = str(path)
         self.stale_after = stale_after
         self.clock = clock
+        self.exact_points = exact_points
         self._pool: ThreadPoolExecutor | None = ThreadPoolExecutor(
             max_workers=1, thread_name_prefix="runbus-sqlite"
         )
@@ -184,11 +197,14 @@ class SqliteStore:
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=NORMAL")
         conn.execute("PRAGMA busy_timeout=5000")
-        # History reads walk long index ranges: a bigger page cache and mmap
-        # avoid a read syscall per page.
-        conn.execute("PRAGMA cache_size=-65536")
-        conn.execute("PRAGMA mmap_size=268435456")
-        conn.execute("PRAGMA temp_store=MEMORY")
+        # Memory stays bounded whatever the database holds: a 16 MiB page
+        # cache, no mmap (mapped pages count in the server's RSS once touched,
+        # up to the whole mapping), and sorts too big for the cache spill to a
+        # temporary file. History reads rollup blocks, a few hundred pages at
+        # most, so a bigger cache or mmap bought nothing measurable.
+        conn.execute("PRAGMA cache_size=-16384")
+        conn.execute("PRAGMA mmap_size=0")
+        conn.execute("PRAGMA temp_store=FILE")
         self._conn = conn
         self._migrate()
 
@@ -358,10 +374,8 @@ class SqliteStore:
                 metrics=_loads(row[10]) if want_json else None,
             )
             plan = plan_batch(state, fresh, _dumps_str)
-            names = {k for k, _ in plan.series}
-            names.update(k for k, _ in plan.values)
+            names = plan.row_keys | plan.stats_keys
             names.update(k for k, _ in plan.deletes)
-            names.update(s[0] for s in plan.system)
             ids = self._key_ids(names, new_keys)
             if plan.deletes:
                 dels = [(rid, ids[k], step) for k, step in plan.deletes]
@@ -369,9 +383,13 @@ class SqliteStore:
                 conn.executemany(
                     "DELETE FROM row_values WHERE run = ? AND key = ? AND step = ?", dels
                 )
+            work = upkeep(plan)
+            # Decided before the points go in: does the batch only add points?
+            appends = {u.table: self._appends(u, rid, ids) for u in work}
             if plan.series:
+                verb = "INSERT" if appends["series"] else "INSERT OR REPLACE"
                 conn.executemany(
-                    "INSERT OR REPLACE INTO series VALUES (?,?,?,?,?,?,?)",
+                    f"{verb} INTO series VALUES (?,?,?,?,?,?,?)",
                     [(rid, ids[k], *v) for (k, _), v in plan.series.items()],
                 )
             if plan.values:
@@ -380,10 +398,13 @@ class SqliteStore:
                     [(rid, ids[k], *v) for (k, _), v in plan.values.items()],
                 )
             if plan.system:
+                verb = "INSERT" if appends["system"] else "INSERT OR REPLACE"
                 conn.executemany(
-                    "INSERT OR REPLACE INTO system VALUES (?,?,?,?,?,?,?)",
+                    f"{verb} INTO system VALUES (?,?,?,?,?,?,?)",
                     [(rid, ids[s[0]], *s[1:]) for s in plan.system],
                 )
+            for u in work:
+                self._update_rollups(u, rid, ids, appends[u.table])
             if plan.output:
                 conn.executemany(
                     "INSERT OR REPLACE INTO output VALUES (?,?,?,?,?)",
@@ -427,6 +448,51 @@ class SqliteStore:
             raise
         self._keys.update(new_keys)
         return plan.last_seq
+
+    def _appends(self, u: Upkeep, rid: int, ids: dict[str, int]) -> bool:
+        """Whether the batch only adds points to ``u.table``: none deleted, none replaced.
+
+        Conservative: any stored point of these keys at or above the batch's
+        lowest step says no.
+        """
+        if u.deleted:
+            return False
+        # The key ids as one JSON parameter: a batch may hold more keys than
+        # SQLite allows parameters.
+        kids = _dumps_str([ids[k] for k in u.keys])
+        row = (
+            self._db()
+            .execute(
+                f"SELECT 1 FROM {u.table} WHERE run = ? "
+                "AND key IN (SELECT value FROM json_each(?)) AND step >= ? LIMIT 1",
+                (rid, kids, u.lowest),
+            )
+            .fetchone()
+        )
+        return row is None
+
+    def _update_rollups(self, u: Upkeep, rid: int, ids: dict[str, int], appends: bool) -> None:
+        """Bring ``u.table``'s rollup blocks up to date with the batch just written."""
+        conn = self._db()
+        if appends:
+            # Merge the batch's own block aggregates into the stored blocks.
+            conn.executemany(
+                merge_upsert_sql(u.table, f"VALUES ({','.join('?' * 17)})"),
+                [
+                    (rid, ids[k], shift, b, *a)
+                    for shift, level in zip(ROLLUP_SHIFTS, batch_blocks(u.points), strict=True)
+                    for (k, b), a in level.items()
+                ],
+            )
+            return
+        kids = [ids[k] for k in u.keys]
+        for i, ranges in enumerate(refresh_ranges(u.steps)):
+            delete, refresh = refresh_sql(u.table, i, "?1", "?2", "?3", "?4")
+            args = [(rid, kid, b0, b1) for kid in kids for b0, b1 in ranges]
+            if u.deleted:
+                # A deletion may have emptied a block, which no upsert removes.
+                conn.executemany(delete, args)
+            conn.executemany(refresh, args)
 
     def _last_seq(self, project: str, run_id: str) -> int:
         row = (
@@ -514,39 +580,67 @@ class SqliteStore:
                 kid = kids.get(key)
                 if kid is None:
                     continue
-                q = history_sql(
+                plan = history_plan(
                     _D,
                     table,
                     x_kind,
                     x_name,
+                    run_id=run_id,
+                    key=key,
                     rid=rid,
                     kid=kid,
                     xkid=xkid,
+                    buckets=buckets,
                     x_min=x_min,
                     x_max=x_max,
                     after=after,
+                    exact_points=self.exact_points,
                 )
-                if after is not None:
-                    rows = conn.execute(q.raw, [*q.params, RAW_LIMIT]).fetchall()
-                    if rows:
-                        out[(run_id, key)] = series_from_raw(run_id, key, rows)
-                    continue
-                n, lo, hi, _ = conn.execute(q.count, q.params).fetchone()
-                if not n:
-                    continue
-                if n <= buckets:
-                    rows = conn.execute(q.raw, [*q.params, RAW_LIMIT]).fetchall()
-                    out[(run_id, key)] = series_from_raw(run_id, key, rows)
-                    continue
-                b_lo, b_n, b_w = bucket_params(
-                    x_kind == "col" and x_name == "step",
-                    lo if x_min is None else x_min,
-                    hi if x_max is None else x_max,
-                    buckets,
-                )
-                rows = conn.execute(q.agg, [*q.params, b_lo, b_n, b_w]).fetchall()
-                out[(run_id, key)] = series_from_agg(run_id, key, rows)
+                try:
+                    sql, params = next(plan)
+                    while True:
+                        sql, params = plan.send(conn.execute(sql, params).fetchall())
+                except StopIteration as done:
+                    if done.value is not None:
+                        out[(run_id, key)] = done.value
         return out
+
+    def _rid(self, project: str, run_id: str) -> int | None:
+        row = (
+            self._db()
+            .execute("SELECT id FROM runs WHERE project = ? AND run_id = ?", (project, run_id))
+            .fetchone()
+        )
+        return None if row is None else int(row[0])
+
+    def _run_keys(self, project: str, run_id: str) -> dict[str, list[str]]:
+        rid = self._rid(project, run_id)
+        out: dict[str, list[str]] = {}
+        for name, table in (("history", "series"), ("values", "row_values"), ("system", "system")):
+            if rid is None:
+                out[name] = []
+                continue
+            sql, params = run_keys_sql(_D, table, rid)
+            out[name] = sorted(r[0] for r in self._db().execute(sql, params))
+        return out
+
+    def _values(
+        self, project: str, run_id: str, keys: Sequence[str], after_step: int | None, limit: int
+    ) -> list[tuple[str, int, Any]]:
+        rid = self._rid(project, run_id)
+        if rid is None:
+            return []
+        conn = self._db()
+        after = -(2**63) if after_step is None else int(after_step)
+        rows: list[tuple[str, int, Any]] = []
+        for key, kid in self._lookup_keys(list(dict.fromkeys(keys))).items():
+            for step, js in conn.execute(
+                "SELECT step, json FROM row_values WHERE run = ? AND key = ? AND step > ? "
+                "ORDER BY step LIMIT ?",
+                (rid, kid, after, limit),
+            ):
+                rows.append((key, step, js))
+        return [(k, st, _loads(js)) for k, st, js in values_page(rows, limit)]
 
     def _output(self, project: str, run_id: str, after_line: int, limit: int) -> list[OutputLine]:
         rows = self._db().execute(
@@ -632,6 +726,23 @@ class SqliteStore:
         return await self._call(
             self._history, project, run_ids, keys, x, buckets, x_min, x_max, after, source
         )
+
+    async def run_keys(self, project: str, run_id: str) -> dict[str, list[str]]:
+        """The run's history, value and system keys, each sorted."""
+        return await self._call(self._run_keys, project, run_id)
+
+    async def values(
+        self,
+        project: str,
+        run_id: str,
+        keys: Sequence[str],
+        *,
+        after_step: int | None = None,
+        limit: int = 1000,
+    ) -> list[tuple[str, int, Any]]:
+        """Non-numeric row values after ``after_step`` (see :class:`~server.store.base.Store`)."""
+        check_values_limit(limit)
+        return await self._call(self._values, project, run_id, keys, after_step, limit)
 
     async def output(
         self, project: str, run_id: str, *, after_line: int = 0, limit: int = 1000
