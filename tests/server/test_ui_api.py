@@ -329,3 +329,23 @@ def test_vendor_names_what_is_missing(tmp_path: Path) -> None:
         ui_vendor.copy_assets(tmp_path / "web", tmp_path / "vendor")
     with pytest.raises(ui_vendor.VendorError, match=r"package-lock\.json"):
         ui_vendor.npm_ci(tmp_path / "web")
+
+
+async def test_a_large_answer_is_gzipped_whole(client: Client) -> None:
+    # Answers past a few hundred KB are compressed off the event loop: the same bytes must come out.
+    await client.req("POST", RUNS, json={"id": "r1"})
+    events = [row(i + 1, i, {"loss": i / 7, "acc": i / 11}) for i in range(20_000)]
+    for start in (0, 10_000):  # a batch holds at most 10,000 events
+        status, _, _ = await client.req(
+            "POST", f"{RUNS}/r1/events", json={"events": events[start : start + 10_000]}
+        )
+        assert status == 200
+    path = f"{RUNS}/r1/history?keys=loss,acc&after=-1"
+    status, raw, headers = await client.req("GET", path, headers={"Accept-Encoding": "gzip"})
+    assert status == 200
+    assert headers["Content-Encoding"] == "gzip"
+    plain = gzip.decompress(raw)
+    assert len(plain) > 256 * 1024
+    series = {s["key"]: s for s in jsoncodec.loads(plain)["series"]}
+    assert series["loss"]["x"] == list(range(20_000))
+    assert series["acc"]["last"][-1] == 19_999 / 11
