@@ -374,3 +374,19 @@ def test_keys_cli_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> 
         server_main(["keys", "create", "-p", "mnist", *data])
     assert exc.value.code == 2
     assert "PROJECT=RIGHT" in capsys.readouterr().err
+
+
+@pytest.mark.anyio
+async def test_a_refused_database_is_one_line_naming_it(
+    pg_connect: Callable[[], Awaitable[tuple[Any, str]]], capsys: pytest.CaptureFixture[str]
+) -> None:
+    conn, dsn = await pg_connect()  # the server is up: only the database name is wrong
+    await conn.close()
+    url = dsn.rsplit("/", 1)[0] + "/runbus_no_such_database"
+    code = await asyncio.to_thread(server_main, ["keys", "list", "--db", url])
+    err = capsys.readouterr().err
+    assert code == 1
+    assert err.count("\n") == 1
+    assert "Traceback" not in err
+    assert '"runbus_no_such_database" does not exist' in err
+    assert "check the --db URL" in err

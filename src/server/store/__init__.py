@@ -53,9 +53,27 @@ async def open_store(url_or_path: str | Path, **options: Any) -> Store:
     """
     target = str(url_or_path)
     if target.startswith(("postgresql://", "postgres://")):
+        import asyncpg
+
         from .postgres import PostgresStore
 
-        return await PostgresStore.open(target, **options)
+        try:
+            return await PostgresStore.open(target, **options)
+        except asyncpg.PostgresError as e:
+            # Wrong role, database or password: one line for the operator, not a traceback.
+            raise StoreError(
+                f"PostgreSQL at {_redact(target)} refused: {e}; check the --db URL "
+                "(user, password, host, database) and that the role may use that database"
+            ) from e
     from .sqlite import SqliteStore
 
     return await SqliteStore.open(target, **options)
+
+
+def _redact(url: str) -> str:
+    """``url`` without its password, fit for an error message."""
+    head, sep, rest = url.partition("://")
+    creds, at, host = rest.rpartition("@")
+    if not at or ":" not in creds:
+        return url
+    return f"{head}{sep}{creds.split(':', 1)[0]}:***@{host}"
