@@ -21,11 +21,11 @@ import logging
 import os
 import random
 import time
-from collections.abc import Callable
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import quote
 
 import aiohttp
@@ -167,6 +167,40 @@ def log_last_seq(run_dir: Path) -> int:
             want *= 4
 
 
+_T = TypeVar("_T")
+
+
+async def _off_loop(fn: Callable[..., _T], *args: Any) -> _T:
+    """``fn(*args)`` in a worker thread, or right here once the interpreter is exiting.
+
+    A script that never calls finish() is finished from atexit, after Python
+    stopped starting worker threads (to_thread then raises RuntimeError); the
+    reads are bounded chunks of a local file, so doing them on the loop then
+    costs little and lets the upload complete.
+    """
+    try:
+        return await asyncio.to_thread(fn, *args)
+    except RuntimeError as e:
+        if "shutdown" not in str(e):
+            raise
+        return fn(*args)
+
+
+#: Bytes read at a time when a file is uploaded.
+FILE_CHUNK = 256 * 1024
+
+
+async def _file_chunks(path: Path) -> AsyncGenerator[bytes, None]:
+    """A file's bytes in chunks, read off the loop (see :func:`_off_loop`).
+
+    Sent as a chunked body rather than handing aiohttp the open file, whose
+    reads go through the default executor and so fail at interpreter exit.
+    """
+    with path.open("rb") as f:
+        while chunk := await _off_loop(f.read, FILE_CHUNK):
+            yield chunk
+
+
 class Uploader:
     """Uploads one run directory to a server, resuming where the server left off.
 
@@ -268,7 +302,7 @@ class Uploader:
         method: str,
         path: str,
         *,
-        body: bytes | Callable[[], Any] | None = None,
+        body: bytes | Callable[[], AsyncGenerator[bytes, None]] | None = None,
         headers: dict[str, str] | None = None,
         passthrough: frozenset[int] = frozenset(),
         timeout: float | None = None,
@@ -278,9 +312,9 @@ class Uploader:
         Connection errors, timeouts, 408, 429 and 5xx are retried with
         exponential backoff and full jitter, or after ``Retry-After`` when the
         server sends one. Other statuses raise :class:`UploadError` with the
-        server's message. ``body`` may be a callable returning a fresh body
-        for each attempt (an open file). ``timeout``: seconds for one attempt
-        (default ``request_timeout``).
+        server's message. ``body`` may be a callable returning a fresh chunk
+        stream for each attempt (a file: see :func:`_file_chunks`).
+        ``timeout``: seconds for one attempt (default ``request_timeout``).
         """
         session = await self._get_session()
         hdrs = dict(headers or {})
@@ -319,7 +353,7 @@ class Uploader:
                 reason = f"no answer within {limit:g} s"
             finally:
                 if data is not None and not isinstance(data, bytes):
-                    data.close()  # a file opened for this attempt
+                    await data.aclose()  # closes the file opened for this attempt
             attempt += 1
             if self.max_attempts is not None and attempt >= self.max_attempts:
                 raise RetriesExhaustedError(
@@ -420,7 +454,7 @@ class Uploader:
         """Ask the server where it stands, and create the run if it holds none of it."""
         if self._log_size() == 0:
             return False  # nothing written yet: the identity is not known
-        head = await asyncio.to_thread(self._read_chunk, 0, 2**62, True)
+        head = await _off_loop(self._read_chunk, 0, 2**62, True)
         self._hold(head.read, 0)
         ident = head.identity or {}
         meta: dict[str, Any] = ident.get("metadata", {})
@@ -485,7 +519,7 @@ class Uploader:
             return 0
         stored = 0
         while self._log_size() > self._offset:
-            chunk = await asyncio.to_thread(self._read_chunk, self._offset, self.server_last, False)
+            chunk = await _off_loop(self._read_chunk, self._offset, self.server_last, False)
             self.log_last = max(self.log_last, chunk.log_last)
             self._hold(chunk.read, sum(len(b.body) for b in chunk.batches))
             for path, sha, size in chunk.files:
@@ -595,7 +629,7 @@ class Uploader:
             await self.request(
                 "PUT",
                 self._run_path(f"/files/{segments}"),
-                body=functools.partial(local.open, "rb"),
+                body=functools.partial(_file_chunks, local),
                 headers={"Content-Type": "application/octet-stream"},
                 # A big file on a slow link must not time out (and restart) for ever.
                 timeout=self.request_timeout + local.stat().st_size / MIN_UPLOAD_RATE,

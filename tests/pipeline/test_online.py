@@ -14,6 +14,7 @@ import signal
 import stat
 import subprocess
 import sys
+import textwrap
 import time
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,8 @@ import pipeline
 from pipeline.api import Api
 from pipeline.sync import login_main, resolve_credentials, sync_main
 from pipeline.uploader import Uploader, UploadError
+
+SRC = str(Path(__file__).resolve().parents[2] / "src")
 
 
 def _steps(api: Api, run_id: str, key: str = "loss") -> list[int]:
@@ -306,3 +309,35 @@ def test_init_online_without_a_server_is_a_clear_error(
     with pytest.raises(ValueError, match="needs a server"):
         pipeline.init(project=P, dir=tmp_path / "runs", mode="online", settings=QUIET)
     assert not (tmp_path / "runs").exists()
+
+
+def test_a_script_that_never_calls_finish_uploads_everything_at_exit(
+    srv: LoopbackServer, tmp_path: Path
+) -> None:
+    # finish() then runs from atexit, after the interpreter stopped starting
+    # worker threads: the upload must still complete and close cleanly.
+    code = textwrap.dedent(
+        """
+        import sys, pipeline
+        run = pipeline.init(project=sys.argv[1], dir=sys.argv[2], mode="online",
+                            server=sys.argv[3], api_key=sys.argv[4], settings={"quiet": True})
+        for i in range(300):
+            run.log({"loss": float(i)})
+        print(run.id)
+        """
+    )
+    env = dict(os.environ, PYTHONPATH=SRC, RUNBUS_CONFIG_DIR=str(tmp_path / "config"))
+    done = subprocess.run(
+        [sys.executable, "-c", code, P, str(tmp_path / "runs"), srv.url, srv.key],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "failed to close" not in done.stderr
+    run_id = done.stdout.strip()
+    api = Api(srv.url, srv.key)
+    assert _steps(api, run_id) == list(range(300))
+    assert api.run(P, run_id)["state"] == "finished"
