@@ -2,11 +2,14 @@
 
     RUNBUS_SERVER=URL RUNBUS_API_KEY=KEY python seed_runs.py --dir RUNS --out manifest.json
     RUNBUS_SERVER=URL RUNBUS_API_KEY=KEY python seed_runs.py --dir RUNS --live --project live
+    RUNBUS_SERVER=URL RUNBUS_API_KEY=KEY python seed_runs.py --dir RUNS --git --project git
 
 The first form logs five finished runs into ``--project`` (one failed) and
 writes a manifest of what was logged, which the tests compare the UI against.
 The second logs one run that stays running, a step every ``--interval``
-seconds, until its standard input closes, then finishes it.
+seconds, until its standard input closes, then finishes it. The third, run
+inside a git repository, logs one short run with git probing on and prints
+its id once it has finished.
 
 A script, not a fixture, so console capture sees a real process's stdout and
 stderr, exactly as in a training script.
@@ -21,6 +24,7 @@ import os
 import random
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -73,14 +77,21 @@ def checkerboard(width: int) -> Any:
     return np.stack([board, np.full_like(board, width * 4), 255 - board], axis=-1)
 
 
-def wait_for_system_samples(run: pipeline.Run, n: int, timeout: float = 60.0) -> None:
-    """Keep the run open until the sampler has taken ``n`` samples (a short run may have none)."""
+def wait_until(
+    run: pipeline.Run, done: Callable[[Any], bool], what: str, timeout: float = 60.0
+) -> None:
+    """Keep the run open until ``done(read_run(run.dir))`` holds (a short run may end first)."""
     deadline = time.monotonic() + timeout
-    while len(pipeline.read_run(run.dir).system) < n:
+    while not done(pipeline.read_run(run.dir)):
         if time.monotonic() > deadline:
-            raise RuntimeError(f"fewer than {n} system samples in {timeout:.0f} s")
+            raise RuntimeError(f"waited {timeout:.0f} s for {what}")
         time.sleep(SETTINGS["system_interval"] / 2)
         run.flush()
+
+
+def wait_for_system_samples(run: pipeline.Run, n: int) -> None:
+    """Keep the run open until the sampler has taken ``n`` samples."""
+    wait_until(run, lambda data: len(data.system) >= n, f"{n} system samples")
 
 
 def log_main(run: pipeline.Run, lr: float, rng: random.Random) -> dict[str, Any]:
@@ -212,21 +223,45 @@ def live(args: argparse.Namespace) -> None:
     print(f"logged {step} steps in {elapsed:.1f} s", flush=True)
 
 
+def git_run(args: argparse.Namespace) -> None:
+    """One short run that records the git state of the working directory, which is dirty."""
+    run = pipeline.init(
+        project=args.project,
+        name="git",
+        dir=args.dir,
+        mode="online",
+        settings={**SETTINGS, "git": True, "system": False, "console": "off"},
+    )
+    for step in range(10):
+        run.log({"train/loss": loss_at(step, 0.01, random.Random(step))})
+    # The probe sends git state after init() returns; finish would cut it off if still going.
+    wait_until(
+        run,
+        lambda data: "git" in data.metadata and "diff.patch" in data.files,
+        "git metadata and diff.patch (is the working directory a dirty git repository?)",
+    )
+    run.finish()
+    print(run.id, flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     ap.add_argument("--dir", required=True, help="runs directory of the client")
     ap.add_argument("--project", default="ui")
     ap.add_argument("--out", help="manifest path (seed mode)")
     ap.add_argument("--live", action="store_true", help="log one run until stdin closes")
+    ap.add_argument("--git", action="store_true", help="log one run with git probing on")
     ap.add_argument("--interval", type=float, default=0.05, help="seconds between live steps")
     ap.add_argument("--keys", default="train/loss", help="comma list of live metric names")
     args = ap.parse_args()
     if args.live:
         live(args)
+    elif args.git:
+        git_run(args)
     elif args.out:
         seed(args)
     else:
-        ap.error("give --out (seed finished runs) or --live")
+        ap.error("give --out (seed finished runs), --live or --git")
 
 
 if __name__ == "__main__":

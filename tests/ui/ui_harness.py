@@ -169,10 +169,9 @@ def client_command(
     return [sys.executable, SEED_SCRIPT.name, "--dir", ".", *args], env
 
 
-def seed_runs(server: ServerProcess, runs_dir: Path, project: str = "ui") -> dict[str, Any]:
-    """Log the seeded runs (``seed_runs.py``) to ``server``; return the manifest."""
-    out = f"{project}-manifest.json"
-    cmd, env = client_command(server, runs_dir, "--project", project, "--out", out)
+def _run_client(server: ServerProcess, runs_dir: Path, *args: str) -> str:
+    """Run ``seed_runs.py`` with ``args`` in ``runs_dir`` to its end; return its stdout."""
+    cmd, env = client_command(server, runs_dir, *args)
     done = subprocess.run(
         cmd, capture_output=True, text=True, env=env, cwd=runs_dir, timeout=300, check=False
     )
@@ -181,8 +180,24 @@ def seed_runs(server: ServerProcess, runs_dir: Path, project: str = "ui") -> dic
             f"seeding runs failed ({done.returncode}):\n{done.stdout}\n{done.stderr}\n"
             f"server log:\n{server.log()}"
         )
+    return done.stdout
+
+
+def seed_runs(server: ServerProcess, runs_dir: Path, project: str = "ui") -> dict[str, Any]:
+    """Log the seeded runs (``seed_runs.py``) to ``server``; return the manifest."""
+    out = f"{project}-manifest.json"
+    _run_client(server, runs_dir, "--project", project, "--out", out)
     manifest: dict[str, Any] = json.loads((runs_dir / out).read_text())
     return manifest
+
+
+def seed_git_run(server: ServerProcess, runs_dir: Path, project: str) -> str:
+    """Log one finished run with git probing on from ``runs_dir``; return its id.
+
+    ``runs_dir`` should lie inside a git repository with uncommitted changes
+    to a tracked file: the client waits for the git state and ``diff.patch``.
+    """
+    return _run_client(server, runs_dir, "--git", "--project", project).strip()
 
 
 class LiveRun:

@@ -35,6 +35,25 @@ function commandLine(md) {
   return [prog, ...(md.args || []).map(shellQuote)].join(' ');
 }
 
+/**
+ * A unified diff as one span per line, coloured by kind. Built in a fragment, not spread into
+ * `replaceChildren`: a patch of 10 MB has more lines than a call may take arguments.
+ */
+function diffLines(text) {
+  const out = document.createDocumentFragment();
+  // +/- mark changed lines only inside a hunk: a file's `--- a/x` and `+++ b/x`
+  // header lines are neither removed nor added.
+  let inHunk = false;
+  for (const line of text.split('\n')) {
+    if (line.startsWith('diff ')) inHunk = false;
+    else if (line.startsWith('@@')) inHunk = true;
+    const cls = line.startsWith('@@') ? 'hunk'
+      : !inHunk ? null : line.startsWith('+') ? 'add' : line.startsWith('-') ? 'del' : null;
+    out.append(h('span', { class: cls }, `${line}\n`));
+  }
+  return out;
+}
+
 function gitBox(ctx) {
   const git = ctx.run.metadata.git;
   const box = h('div', { 'data-testid': 'run-git', class: 'git' });
@@ -61,15 +80,14 @@ function gitBox(ctx) {
       if (!details.open || loaded) return;
       loaded = true;
       pre.textContent = 'loading…';
+      let text;
       try {
-        const text = await getFileText(ctx.project, ctx.runId, 'diff.patch');
-        pre.replaceChildren(...text.split('\n').map((line) => {
-          const cls = line.startsWith('+') ? 'add' : line.startsWith('-') ? 'del' : line.startsWith('@@') ? 'hunk' : null;
-          return h('span', { class: cls }, `${line}\n`);
-        }));
+        text = await getFileText(ctx.project, ctx.runId, 'diff.patch');
       } catch (e) {
         pre.textContent = `diff.patch is not on the server (${e.message})`;
+        return;
       }
+      pre.replaceChildren(diffLines(text));
     });
     box.append(details);
   }
