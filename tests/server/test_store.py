@@ -811,6 +811,64 @@ async def test_overlapping_x_blocks_fall_back_to_exact_buckets(make_store: Store
         assert g[2:] == w[2:]
 
 
+async def test_metric_x_axis_downsamples_from_blocks_when_logged_together(
+    make_store: StoreFactory,
+) -> None:
+    # exact_points=0: every downsampled query that blocks can answer uses them.
+    store = await make_store(exact_points=0)
+    n = 4_000
+    rnd = random.Random(4)
+    tokens = 0
+    pts: dict[str, list[tuple[int, float, Any]]] = {
+        "tokens": [],
+        "noise": [],
+        "half": [],
+        "gap": [],
+    }
+    await store.upsert_run(P, "r1")
+    evs = []
+    for step in range(n):
+        tokens += rnd.randint(1, 1000)  # strictly increasing, unevenly
+        loss = rnd.choice((math.nan, math.inf)) if rnd.random() < 0.01 else rnd.gauss(0, 1)
+        noise = rnd.gauss(0, 1)  # logged at every step, but no order: blocks overlap in x
+        data: dict[str, Any] = {"loss": loss, "tokens": tokens, "noise": noise}
+        if step % 2 == 0:  # ordered, but logged at half the steps
+            data["half"] = tokens
+        # Ordered and at every step, but one x is not finite: that step drops out.
+        data["gap"] = math.nan if step == 1_234 else tokens
+        evs.append(row(step + 1, step, data))
+        for k in pts:
+            x = data.get(k)
+            if x is not None and math.isfinite(x):
+                pts[k].append((step, float(x), loss))
+    for i in range(0, n, 1_000):
+        await store.append_events(P, "r1", evs[i : i + 1_000])
+
+    async def query(x: str, **kw: Any) -> Any:
+        return (await store.history(P, ["r1"], ["loss"], x=x, buckets=100, **kw))[("r1", "loss")]
+
+    # Logged together: whole blocks, so every bucket starts a 16-step block.
+    all_tok = pts["tokens"]
+    s = await query("tokens")
+    step_of = {p[1]: p[0] for p in all_tok}
+    assert all(step_of[x] % 16 == 0 for x in s.x)
+    _check_whole_blocks(s, all_tok, 100, all_tok[0][1], all_tok[-1][1], False)
+    # Zoomed in x units: blocks inside, the edge blocks' points in range one by one.
+    lo, hi = all_tok[500][1] - 0.5, all_tok[3_500][1] + 0.5
+    z = await query("tokens", x_min=lo, x_max=hi)
+    _check_whole_blocks(z, [p for p in all_tok if lo <= p[1] <= hi], 100, lo, hi, False)
+    assert sum(step_of[x] % 16 != 0 for x in z.x) <= 2
+    # Otherwise: exact buckets where the formula puts them.
+    for key in ("noise", "half", "gap"):
+        sel = pts[key]
+        got = _as_rows(await query(key))
+        want = _ref_buckets(sel, 100, min(p[1] for p in sel), max(p[1] for p in sel), False)
+        assert len(got) == len(want), key
+        for g, w in zip(got, want, strict=True):
+            assert g[:2] == pytest.approx(w[:2])
+            assert g[2:] == w[2:]
+
+
 async def test_system_metrics_downsample_from_blocks(make_store: StoreFactory) -> None:
     store = await make_store(exact_points=0)
     await store.upsert_run(P, "r1")

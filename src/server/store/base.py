@@ -766,17 +766,22 @@ def history_sql(
     params: list[Any] = []
     r = d.param(params, rid)
     k = d.param(params, kid)
-    join = ""
+    frm = f"{table} s"
+    where = f"s.run = {r} AND s.key = {k}"
     if x_kind == "metric":
+        # Each point's x by a primary-key lookup (a scalar subquery, not a
+        # join: PostgreSQL can plan a join over a table it has not analyzed
+        # yet as a scan of the whole table, seconds for a small series).
         mk = d.param(params, xkid)
-        join = (
-            f" JOIN {table} m ON m.run = s.run AND m.key = {mk} AND m.step = s.step"
-            " AND m.value IS NOT NULL"
+        frm = (
+            f"(SELECT s.run, s.key, s.step, s.value, s.kind, (SELECT m.value FROM {table} m "
+            f"WHERE m.run = s.run AND m.key = {mk} AND m.step = s.step) AS mx "
+            f"FROM {table} s) s"
         )
-        x = "m.value"
+        x = "s.mx"
+        where += " AND s.mx IS NOT NULL"
     else:
         x = f"s.{x_name}"
-    where = f"s.run = {r} AND s.key = {k}"
     is_step = x == "s.step"
     if x_min is not None:
         lo_b = math.ceil(x_min) if is_step else float(x_min)
@@ -786,7 +791,7 @@ def history_sql(
         where += f" AND {x} <= {d.param(params, hi_b)}"
     if after is not None:
         where += f" AND s.step > {d.param(params, int(after))}"
-    src = f"FROM {table} s{join} WHERE {where}"
+    src = f"FROM {frm} WHERE {where}"
     count = f"SELECT COUNT(*), MIN({x}), MAX({x}), MAX(s.step) {src}"
     tail = list(params)
     raw = f"SELECT {x}, s.value, s.kind, s.step {src} ORDER BY s.step LIMIT {d.param(tail, 0)}"

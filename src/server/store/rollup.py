@@ -66,7 +66,14 @@ Query: TypeAlias = tuple[str, list[Any]]
 Rows: TypeAlias = Sequence[Sequence[Any]]
 
 # The x-axis columns a rollup row holds a range of: (min column, max column).
-_X_RANGE = {"step": ("smin", "smax"), "runtime": ("rtmin", "rtmax"), "ts": ("tsmin", "tsmax")}
+# ``y`` is the queried key's block; for a metric x axis, ``x`` is the x key's
+# block of the same level and number, whose value range is the x range.
+_X_RANGE = {
+    "step": ("y.smin", "y.smax"),
+    "runtime": ("y.rtmin", "y.rtmax"),
+    "ts": ("y.tsmin", "y.tsmax"),
+    "metric": ("y.xlo", "y.xhi"),
+}
 
 
 def rollup_table(table: str) -> str:
@@ -412,7 +419,8 @@ def history_plan(
     (raw points, or one GROUP BY over them, buckets where the formula puts
     them), many to :func:`_rollup_history` (whole blocks per bucket), which
     hands back to the exact path where blocks cannot stay exact (an x axis
-    whose blocks overlap in x, or buckets narrower than the finest block).
+    whose blocks overlap in x, a metric x axis not logged at the same steps,
+    or buckets narrower than the finest block).
     """
     q = history_sql(
         d, table, x_kind, x_name, rid=rid, kid=kid, xkid=xkid, x_min=x_min, x_max=x_max, after=after
@@ -420,15 +428,16 @@ def history_plan(
     if after is not None:
         rows = yield q.raw, [*q.params, RAW_LIMIT]
         return series_from_raw(run_id, key, rows) if rows else None
-    if x_kind == "col":
+    if x_kind == "col" or xkid is not None:
         fast = yield from _rollup_history(
             d,
             table,
-            x_name,
+            x_name if x_kind == "col" else "metric",
             run_id=run_id,
             key=key,
             rid=rid,
             kid=kid,
+            xkid=xkid,
             buckets=buckets,
             x_min=x_min,
             x_max=x_max,
@@ -471,6 +480,7 @@ def _rollup_history(
     key: str,
     rid: int,
     kid: int,
+    xkid: int | None,
     buckets: int,
     x_min: float | None,
     x_max: float | None,
@@ -480,11 +490,45 @@ def _rollup_history(
 
     Blocks are assigned to the bucket of their smallest x, which keeps every
     bucket exact and contiguous only where blocks do not overlap in x: always
-    for ``_step``, checked for ``_runtime``/``_timestamp``. Blocks that stick
-    out of a zoom range are replaced by their points in range.
+    for ``_step``, checked for ``_runtime``/``_timestamp`` and a metric
+    (``x_name`` ``"metric"``, key id ``xkid``). Blocks that stick out of a
+    zoom range are replaced by their points in range.
+
+    A metric's x range per block is its own block's vmin/vmax, which is the x
+    range of the queried key's points only when both keys hold points at the
+    same steps with a finite x at each. The blocks cannot show the steps
+    inside, so the test is per block: the same count, lowest and highest step
+    (two keys of one ``log()`` call always pass), plus no non-finite x point
+    in range. A queried block with no x block at all is left out, as the
+    exact path leaves out its points (they have no x).
     """
     is_step = x_name == "step"
+    is_metric = x_name == "metric"
     xlo_col, xhi_col = _X_RANGE[x_name]
+    roll = rollup_table(table)
+
+    def source(params: list[Any]) -> str:
+        """The FROM clause: ``y`` blocks, for a metric with their x block's range.
+
+        ``xlo``/``xhi`` are NULL where the x block covers other steps (or no
+        finite x); blocks with no x block at all are left out. Scalar lookups
+        rather than a join (PostgreSQL turns EXISTS into one too), so no plan
+        can scan the x side, analyzed or not.
+        """
+        if not is_metric:
+            return f"{roll} y"
+        xk = d.param(params, xkid)
+        at = (
+            f"FROM {roll} x WHERE x.run = r.run AND x.key = {xk} AND x.level = r.level "
+            "AND x.block = r.block"
+        )
+        same = "AND x.n = r.n AND x.smin = r.smin AND x.smax = r.smax"
+        return (
+            "(SELECT r.run, r.key, r.level, r.block, r.n, r.smin, r.smax, r.vmin, r.vmax, "
+            f"r.fstep, r.lstep, (SELECT x.vmin {at} {same}) AS xlo, "
+            f"(SELECT x.vmax {at} {same}) AS xhi FROM {roll} r WHERE (SELECT 1 {at}) = 1) y"
+        )
+
     # The bounds the exact path filters with (history_sql), so both agree on
     # which points are in range.
     f_lo: float | None = None
@@ -496,20 +540,22 @@ def _rollup_history(
 
     # The coarsest blocks overlapping the range: (n, smin, smax, x lo, x hi).
     params: list[Any] = []
-    sql = (
-        f"SELECT n, smin, smax, {xlo_col}, {xhi_col} FROM {rollup_table(table)} "
-        f"WHERE run = {d.param(params, rid)} AND key = {d.param(params, kid)} "
-        f"AND level = {d.param(params, ROLLUP_SHIFTS[-1])}"
+    sql = f"SELECT y.n, y.smin, y.smax, {xlo_col}, {xhi_col} FROM {source(params)} "
+    sql += (
+        f"WHERE y.run = {d.param(params, rid)} AND y.key = {d.param(params, kid)} "
+        f"AND y.level = {d.param(params, ROLLUP_SHIFTS[-1])}"
     )
     if f_lo is not None:
         sql += f" AND {xhi_col} >= {d.param(params, f_lo)}"
     if f_hi is not None:
         sql += f" AND {xlo_col} <= {d.param(params, f_hi)}"
-    top = yield sql + " ORDER BY block", params
+    top = yield sql + " ORDER BY y.block", params
     if not top:
         return _EMPTY
     if sum(int(r[0]) for r in top) <= max(exact_points, buckets):
         return _FALLBACK
+    if is_metric and any(r[3] is None for r in top):
+        return _FALLBACK  # an x block over other steps, or without a finite value
     if not is_step and not _disjoint(top):
         return _FALLBACK
     s_lo = min(int(r[1]) for r in top)
@@ -527,15 +573,14 @@ def _rollup_history(
     lo = float(x_min) if x_min is not None else min(float(r[3]) for r in top)
     hi = float(x_max) if x_max is not None else max(float(r[4]) for r in top)
     b_lo, b_n, b_w = bucket_params(is_step, lo, hi, buckets)
-    roll = rollup_table(table)
 
     def where(params: list[Any]) -> tuple[str, str]:
         """(the level's blocks that overlap the range, the condition: wholly inside it)."""
         overlap = (
-            f"run = {d.param(params, rid)} AND key = {d.param(params, kid)} "
-            f"AND level = {d.param(params, shift)} "
-            f"AND block >= {d.param(params, s_lo >> shift)} "
-            f"AND block <= {d.param(params, s_hi >> shift)}"
+            f"y.run = {d.param(params, rid)} AND y.key = {d.param(params, kid)} "
+            f"AND y.level = {d.param(params, shift)} "
+            f"AND y.block >= {d.param(params, s_lo >> shift)} "
+            f"AND y.block <= {d.param(params, s_hi >> shift)}"
         )
         inside = []
         if f_lo is not None:
@@ -553,24 +598,41 @@ def _rollup_history(
         # The blocks sticking out of the range (their points in range come
         # raw), and for x other than the step, any block whose x range starts
         # at or below the end of the one before: then blocks cannot make
-        # contiguous buckets. Past two such rows the answer is the exact path.
+        # contiguous buckets; for a metric, also any x block that does not
+        # cover the same steps. Past two such rows the answer is the exact path.
         params = []
+        src = source(params)
         overlap, inside = where(params)
-        bad = (
-            "0"
-            if is_step
-            else f"CASE WHEN {xlo_col} <= LAG({xhi_col}) OVER (ORDER BY block) THEN 1 ELSE 0 END"
-        )
+        bad = "0"
+        if not is_step:
+            bad = f"{xlo_col} <= LAG({xhi_col}) OVER (ORDER BY y.block)"
+            if is_metric:
+                bad += f" OR {xlo_col} IS NULL"
+            bad = f"CASE WHEN {bad} THEN 1 ELSE 0 END"
         odd = yield (
-            f"SELECT block, inside, bad FROM (SELECT block, {bad} AS bad, "
-            f"CASE WHEN {inside} THEN 1 ELSE 0 END AS inside FROM {roll} WHERE {overlap}"
+            f"SELECT block, inside, bad FROM (SELECT y.block AS block, {bad} AS bad, "
+            f"CASE WHEN {inside} THEN 1 ELSE 0 END AS inside FROM {src} WHERE {overlap}"
             ") w WHERE inside = 0 OR bad = 1 ORDER BY block LIMIT 3",
             params,
         )
         if len(odd) > 2 or any(r[2] for r in odd):
             return _FALLBACK
         edges = [int(r[0]) for r in odd]
+    if is_metric:
+        # A non-finite x drops its step from the series; blocks cannot tell
+        # where one is, so any in range sends the query to the exact path.
+        # This reads the x key's points in range (a scan of its primary key).
+        params = []
+        nonfinite = yield (
+            f"SELECT 1 FROM {table} WHERE run = {d.param(params, rid)} "
+            f"AND key = {d.param(params, xkid)} AND step >= {d.param(params, s_lo)} "
+            f"AND step <= {d.param(params, s_hi)} AND value IS NULL LIMIT 1",
+            params,
+        )
+        if nonfinite:
+            return _FALLBACK
     params = []
+    src = source(params)
     overlap, inside = where(params)
     blo, bn, bw = (d.param(params, v) for v in (b_lo, b_n, b_w))
     bucket_sql = (
@@ -580,9 +642,10 @@ def _rollup_history(
     )
     r, k, lv = (d.param(params, v) for v in (rid, kid, shift))
     agg = yield (
-        f"WITH g AS (SELECT {bucket_sql} AS b, MIN({xlo_col}) AS x0, SUM(n) AS n, "
-        "MIN(vmin) AS vmin, MAX(vmax) AS vmax, MIN(fstep) AS fstep, MAX(lstep) AS lstep, "
-        f"MAX(smax) AS smax FROM {roll} WHERE {overlap} AND {inside} GROUP BY 1) "
+        f"WITH g AS (SELECT {bucket_sql} AS b, MIN({xlo_col}) AS x0, SUM(y.n) AS n, "
+        "MIN(y.vmin) AS vmin, MAX(y.vmax) AS vmax, MIN(y.fstep) AS fstep, "
+        f"MAX(y.lstep) AS lstep, MAX(y.smax) AS smax FROM {src} WHERE {overlap} AND {inside} "
+        "GROUP BY 1) "
         "SELECT g.b, g.x0, g.n, g.vmin, g.vmax, g.fstep, "
         f"(SELECT f.fval FROM {roll} f WHERE f.run = {r} AND f.key = {k} AND f.level = {lv} "
         f"AND f.block = g.fstep >> {shift}), g.lstep, "
@@ -606,7 +669,7 @@ def _rollup_history(
                 return min(b_n - 1, math.floor(((x - x_lo) * b_n) / x_w))
 
         for block in edges:
-            raw = yield _edge_points(d, table, x_name, rid, kid, block, shift, f_lo, f_hi)
+            raw = yield _edge_points(d, table, x_name, rid, kid, xkid, block, shift, f_lo, f_hi)
             for x, v, step in raw:
                 step = int(step)
                 cursor = step if cursor is None else max(cursor, step)
@@ -643,6 +706,7 @@ def _edge_points(
     x_name: str,
     rid: int,
     kid: int,
+    xkid: int | None,
     block: int,
     shift: int,
     f_lo: float | None,
@@ -650,17 +714,26 @@ def _edge_points(
 ) -> Query:
     """``(x, value, step)`` of a block's points inside the zoom range, by step."""
     params: list[Any] = []
+    src = f"{table} s"
     x = f"s.{x_name}"
+    if x_name == "metric":
+        # The x value by a lookup on the primary key (not a join: see source()).
+        src = (
+            f"(SELECT s.run, s.key, s.step, s.value, (SELECT m.value FROM {table} m "
+            f"WHERE m.run = s.run AND m.key = {d.param(params, xkid)} AND m.step = s.step) "
+            f"AS metric FROM {table} s) s"
+        )
     where = (
         f"s.run = {d.param(params, rid)} AND s.key = {d.param(params, kid)} "
         f"AND s.step >= {d.param(params, int(block) << shift)} "
         f"AND s.step < {d.param(params, (int(block) + 1) << shift)}"
     )
+    where += f" AND {x} IS NOT NULL"
     if f_lo is not None:
         where += f" AND {x} >= {d.param(params, f_lo)}"
     if f_hi is not None:
         where += f" AND {x} <= {d.param(params, f_hi)}"
-    return f"SELECT {x}, s.value, s.step FROM {table} s WHERE {where} ORDER BY s.step", params
+    return f"SELECT {x}, s.value, s.step FROM {src} WHERE {where} ORDER BY s.step", params
 
 
 def _disjoint(rows: Rows) -> bool:
