@@ -565,7 +565,7 @@ async def test_many_runs_and_keys_and_system(store: Store) -> None:
 
 ROLLUP_COLS = (
     "run, key, level, block, n, smin, smax, vmin, vmax, fstep, fval, lstep, lval, "
-    "rtmin, rtmax, tsmin, tsmax"
+    "rtmin, rtmax, tsmin, tsmax, nf"
 )
 
 
@@ -737,6 +737,64 @@ async def test_rollup_buckets_are_exact_after_every_ingest_case(
     assert ("r1", "gone") not in await store.history(P, ["r1"], ["gone"], x=x, buckets=1)
 
 
+async def _block_counts(store: Store, table: str) -> dict[tuple[str, int, int], tuple[int, int]]:
+    """``{(key, level, block): (n, nf)}`` of the stored rollup blocks of ``table``."""
+    rows = await _sql(
+        store,
+        f"SELECT k.name, r.level, r.block, r.n, r.nf FROM {table}_rollup r "
+        "JOIN keys k ON k.id = r.key",
+    )
+    return {(k, int(lv), int(b)): (int(n), int(nf)) for k, lv, b, n, nf in rows}
+
+
+def _want_counts(
+    points: list[tuple[str, int, Any]],
+) -> dict[tuple[str, int, int], tuple[int, int]]:
+    """What :func:`_block_counts` must say for ``(key, step, value)`` points."""
+    out: dict[tuple[str, int, int], tuple[int, int]] = {}
+    for k, step, v in points:
+        finite = v is not None and math.isfinite(v)
+        for shift in (4, 7, 10, 13):
+            n, nf = out.get((k, shift, step >> shift), (0, 0))
+            out[(k, shift, step >> shift)] = (n + 1, nf + finite)
+    return out
+
+
+async def test_rollup_finite_counts_stay_exact_through_every_ingest_case(
+    make_store: StoreFactory,
+) -> None:
+    store = await make_store()
+    await store.upsert_run(P, "r1")
+    batches, model = _scenario(5)
+    for b in batches:
+        # Appends (merged), rewrites out of order, a partial replaced and
+        # deleted keys (recomputed), NaN and infinities among the values.
+        await store.append_events(P, "r1", b)
+        stored = await _sql(
+            store, "SELECT k.name, s.step, s.value FROM series s JOIN keys k ON k.id = s.key"
+        )
+        assert await _block_counts(store, "series") == _want_counts(
+            [(k, int(st), v) for k, st, v in stored]
+        )
+    final = [(k, st, float(v[2])) for (k, st), v in model.items()]
+    assert any(not math.isfinite(v) for _, _, v in final)
+    assert await _block_counts(store, "series") == _want_counts(final)
+    seq = sum(len(b) for b in batches)
+    cpu = [math.nan if i % 5 == 0 else (math.inf if i % 7 == 0 else float(i)) for i in range(40)]
+    for base in (0, 20):  # the second batch merges into the first one's blocks
+        await store.append_events(
+            P,
+            "r1",
+            [
+                ("stats", seq + i + 1, 5.0 + i, {"runtime": 1.0, "values": {"c": cpu[i]}})
+                for i in range(base, base + 20)
+            ],
+        )
+    assert await _block_counts(store, "system") == _want_counts(
+        [("c", i, v) for i, v in enumerate(cpu)]
+    )
+
+
 async def test_rollup_blocks_equal_a_rebuild_and_migration_2_backfills(
     make_store: StoreFactory,
 ) -> None:
@@ -760,11 +818,11 @@ async def test_rollup_blocks_equal_a_rebuild_and_migration_2_backfills(
     )
     kept = await _rollups(store)
     assert kept
-    # What ingest maintained equals what migration 2 builds from the points:
-    # undo migration 2 and open the store again, which applies it.
+    # What ingest maintained equals what migrations 2 and 4 build from the
+    # points: undo them and open the store again, which applies them.
     await _sql(store, "DROP TABLE series_rollup")
     await _sql(store, "DROP TABLE system_rollup")
-    await _sql(store, "DELETE FROM schema_version WHERE version = 2")
+    await _sql(store, "DELETE FROM schema_version WHERE version IN (2, 4)")
     await store.aclose()
     again = await make_store()
     assert await _rollups(again) == kept
@@ -858,7 +916,30 @@ async def test_metric_x_axis_downsamples_from_blocks_when_logged_together(
     z = await query("tokens", x_min=lo, x_max=hi)
     _check_whole_blocks(z, [p for p in all_tok if lo <= p[1] <= hi], 100, lo, hi, False)
     assert sum(step_of[x] % 16 != 0 for x in z.x) <= 2
-    # Otherwise: exact buckets where the formula puts them.
+    # A non-finite x in an edge block: its points come raw, the rest whole blocks.
+    gap = pts["gap"]
+    step_at = {p[0]: p[1] for p in gap}
+    lo, hi = step_at[1_233] - 0.5, step_at[3_500] + 0.5
+    z = await query("gap", x_min=lo, x_max=hi)
+    _check_whole_blocks(z, [p for p in gap if lo <= p[1] <= hi], 100, lo, hi, False)
+    assert sum(step_of[x] % 16 != 0 for x in z.x) <= 2
+    # ... in a block used whole: exact buckets where the formula puts them.
+    lo = step_at[1_000] - 0.5
+    got = _as_rows(await query("gap", x_min=lo, x_max=hi))
+    want = _ref_buckets([p for p in gap if lo <= p[1] <= hi], 100, lo, hi, False)
+    assert len(got) == len(want)
+    for g, w in zip(got, want, strict=True):
+        assert g[:2] == pytest.approx(w[:2])
+        assert g[2:] == w[2:]
+    # Otherwise: exact buckets where the formula puts them, zoomed or not.
+    half = pts["half"]
+    lo, hi = half[250][1] - 0.5, half[1_750][1] + 0.5
+    got = _as_rows(await query("half", x_min=lo, x_max=hi))
+    want = _ref_buckets([p for p in half if lo <= p[1] <= hi], 100, lo, hi, False)
+    assert len(got) == len(want)
+    for g, w in zip(got, want, strict=True):
+        assert g[:2] == pytest.approx(w[:2])
+        assert g[2:] == w[2:]
     for key in ("noise", "half", "gap"):
         sel = pts[key]
         got = _as_rows(await query(key))

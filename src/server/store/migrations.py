@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .rollup import backfill_sql, rollup_schema
+from .rollup import add_nf_sql, backfill_sql, rollup_schema
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,16 +146,16 @@ _V2_SQLITE = ";\n".join(
     [
         rollup_schema("series", sqlite=True),
         rollup_schema("system", sqlite=True),
-        *backfill_sql("series"),
-        *backfill_sql("system"),
+        *backfill_sql("series", nf=False),
+        *backfill_sql("system", nf=False),
     ]
 )
 _V2_POSTGRES = ";\n".join(
     [
         rollup_schema("series", sqlite=False),
         rollup_schema("system", sqlite=False),
-        *backfill_sql("series"),
-        *backfill_sql("system"),
+        *backfill_sql("series", nf=False),
+        *backfill_sql("system", nf=False),
     ]
 )
 
@@ -188,12 +188,33 @@ CREATE TABLE api_keys (
 )
 """
 
+# The count of finite values per rollup block, so a metric x axis can tell
+# from its blocks alone that every x in them is finite. The backfill rebuilds
+# every block from the points, as migration 2 did.
+_V4_SQLITE = ";\n".join(
+    [
+        add_nf_sql("series", sqlite=True),
+        add_nf_sql("system", sqlite=True),
+        *backfill_sql("series"),
+        *backfill_sql("system"),
+    ]
+)
+_V4_POSTGRES = ";\n".join(
+    [
+        add_nf_sql("series", sqlite=False),
+        add_nf_sql("system", sqlite=False),
+        *backfill_sql("series"),
+        *backfill_sql("system"),
+    ]
+)
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(
         1, "runs, interned keys, narrow series, row values, output, files", _V1_SQLITE, _V1_POSTGRES
     ),
     Migration(2, "rollup blocks of series and system points for history", _V2_SQLITE, _V2_POSTGRES),
     Migration(3, "API keys: hashed, per-project rights, revocable", _V3_SQLITE, _V3_POSTGRES),
+    Migration(4, "count of finite values in every rollup block", _V4_SQLITE, _V4_POSTGRES),
 )
 
 #: The schema version a store built from this code has.

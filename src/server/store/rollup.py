@@ -4,8 +4,9 @@ Every narrow table (``series``, ``system``) has a rollup table beside it
 (``series_rollup``, ``system_rollup``) holding, per (run, key), one row per
 block of ``2**shift`` consecutive steps at each shift of :data:`ROLLUP_SHIFTS`:
 the count of points, the lowest and highest step, min and max over finite
-values, the first and last finite value (and their steps) and the range of
-``runtime`` and ``ts``. A block row covers exactly the points whose
+values, the first and last finite value (and their steps), the range of
+``runtime`` and ``ts`` and the count of finite values (``nf``, added by
+migration 4). A block row covers exactly the points whose
 ``step >> shift`` is its ``block``.
 
 Ingest keeps them exact in the batch's transaction. A batch that only adds
@@ -55,11 +56,13 @@ ROLLUP_SHIFTS: tuple[int, ...] = (4, 7, 10, 13)
 #: milliseconds at this size, so rollups only take over where they pay.
 EXACT_POINTS = 20_000
 
-#: The columns of a rollup row, in table order.
-ROLLUP_COLUMNS = (
+#: The columns of a rollup row as migration 2 created it.
+_V2_COLUMNS = (
     "run, key, level, block, n, smin, smax, vmin, vmax, fstep, fval, lstep, lval, "
     "rtmin, rtmax, tsmin, tsmax"
 )
+#: The columns of a rollup row, in table order (migration 4 appended ``nf``).
+ROLLUP_COLUMNS = _V2_COLUMNS + ", nf"
 
 #: One statement for a backend to run, and the rows it sends back.
 Query: TypeAlias = tuple[str, list[Any]]
@@ -113,10 +116,11 @@ def _runs(blocks: list[int]) -> list[tuple[int, int]]:
     return out
 
 
-def _level_select(table: str, i: int, where: str) -> str:
+def _level_select(table: str, i: int, where: str, nf: bool = True) -> str:
     """The SELECT of shift ``ROLLUP_SHIFTS[i]`` rows, over the source rows ``where`` picks.
 
     ``where`` may name ``src`` columns (the points, or the next finer blocks).
+    ``nf=False`` leaves out the finite count, for migration 2's table.
     The first and last finite values are looked up by the source's primary
     key at the step that MIN/MAX found. Scalar subqueries rather than joins:
     a plan cannot turn them into a scan, even on a table not yet analyzed.
@@ -131,8 +135,9 @@ def _level_select(table: str, i: int, where: str) -> str:
             "MIN(CASE WHEN src.value IS NOT NULL THEN src.step END) AS fstep, "
             "MAX(CASE WHEN src.value IS NOT NULL THEN src.step END) AS lstep, "
             "MIN(src.runtime) AS rtmin, MAX(src.runtime) AS rtmax, "
-            "MIN(src.ts) AS tsmin, MAX(src.ts) AS tsmax "
-            f"FROM {table} src WHERE {where} GROUP BY src.run, src.key, src.step >> {s}"
+            "MIN(src.ts) AS tsmin, MAX(src.ts) AS tsmax"
+            + (", COUNT(src.value) AS nf" if nf else "")
+            + f" FROM {table} src WHERE {where} GROUP BY src.run, src.key, src.step >> {s}"
         )
         at = f"FROM {table} o WHERE o.run = g.run AND o.key = g.key AND o.step"
         fval = f"(SELECT o.value {at} = g.fstep)"
@@ -146,8 +151,9 @@ def _level_select(table: str, i: int, where: str) -> str:
             "MIN(src.vmin) AS vmin, MAX(src.vmax) AS vmax, "
             "MIN(src.fstep) AS fstep, MAX(src.lstep) AS lstep, "
             "MIN(src.rtmin) AS rtmin, MAX(src.rtmax) AS rtmax, "
-            "MIN(src.tsmin) AS tsmin, MAX(src.tsmax) AS tsmax "
-            f"FROM {roll} src WHERE src.level = {p} AND {where} "
+            "MIN(src.tsmin) AS tsmin, MAX(src.tsmax) AS tsmax"
+            + (", SUM(src.nf) AS nf" if nf else "")
+            + f" FROM {roll} src WHERE src.level = {p} AND {where} "
             f"GROUP BY src.run, src.key, src.block >> {d}"
         )
         at = f"FROM {roll} o WHERE o.run = g.run AND o.key = g.key AND o.level = {p} AND o.block"
@@ -155,16 +161,17 @@ def _level_select(table: str, i: int, where: str) -> str:
         lval = f"(SELECT o.lval {at} = g.lstep >> {p})"
     return (
         f"SELECT g.run, g.key, {s}, g.block, g.n, g.smin, g.smax, g.vmin, g.vmax, "
-        f"g.fstep, {fval}, g.lstep, {lval}, g.rtmin, g.rtmax, g.tsmin, g.tsmax "
-        f"FROM ({inner}) g"
+        f"g.fstep, {fval}, g.lstep, {lval}, g.rtmin, g.rtmax, g.tsmin, g.tsmax"
+        + (", g.nf" if nf else "")
+        + f" FROM ({inner}) g"
     )
 
 
-def _upsert(table: str, select: str) -> str:
+def _upsert(table: str, select: str, columns: str = ROLLUP_COLUMNS) -> str:
     # "WHERE true" lets SQLite's parser tell the upsert's ON CONFLICT from a join's ON.
-    sets = ", ".join(f"{c} = EXCLUDED.{c}" for c in ROLLUP_COLUMNS.split(", ")[4:])
+    sets = ", ".join(f"{c} = EXCLUDED.{c}" for c in columns.split(", ")[4:])
     return (
-        f"INSERT INTO {rollup_table(table)} ({ROLLUP_COLUMNS}) {select} WHERE true "
+        f"INSERT INTO {rollup_table(table)} ({columns}) {select} WHERE true "
         f"ON CONFLICT (run, key, level, block) DO UPDATE SET {sets}"
     )
 
@@ -217,7 +224,7 @@ def refresh_unnest_sql(table: str, i: int) -> tuple[str, str]:
 
 #: One point as a batch plan holds it: ``((key, step), (step, ts, runtime, value, kind))``.
 PlanPoint: TypeAlias = tuple[tuple[str, int], tuple[int, float, float, float | None, int]]
-#: A block's aggregates in table order, from ``n`` to ``tsmax``.
+#: A block's aggregates in table order, from ``n`` to ``nf``.
 Agg: TypeAlias = list[Any]
 
 
@@ -270,7 +277,7 @@ def batch_blocks(points: Iterable[PlanPoint]) -> list[dict[tuple[str, int], Agg]
         a = acc.get(kb)
         if a is None:
             fs = None if v is None else step
-            acc[kb] = [1, step, step, v, v, fs, v, fs, v, rt, rt, ts, ts]
+            acc[kb] = [1, step, step, v, v, fs, v, fs, v, rt, rt, ts, ts, 0 if v is None else 1]
             continue
         a[0] += 1
         if step < a[1]:
@@ -278,6 +285,7 @@ def batch_blocks(points: Iterable[PlanPoint]) -> list[dict[tuple[str, int], Agg]
         elif step > a[2]:
             a[2] = step
         if v is not None:
+            a[13] += 1
             if a[5] is None:
                 a[3] = a[4] = a[6] = a[8] = v
                 a[5] = a[7] = step
@@ -332,6 +340,7 @@ def _merge(u: Agg, a: Agg) -> None:
     u[10] = max(u[10], a[10])
     u[11] = min(u[11], a[11])
     u[12] = max(u[12], a[12])
+    u[13] += a[13]
 
 
 def merge_upsert_sql(table: str, values: str) -> str:
@@ -363,6 +372,7 @@ def merge_upsert_sql(table: str, values: str) -> str:
         pick(f"EXCLUDED.rtmax > {t}.rtmax", "rtmax"),
         pick(f"EXCLUDED.tsmin < {t}.tsmin", "tsmin"),
         pick(f"EXCLUDED.tsmax > {t}.tsmax", "tsmax"),
+        f"nf = {t}.nf + EXCLUDED.nf",
     ]
     return (
         f"INSERT INTO {t} ({ROLLUP_COLUMNS}) {values} "
@@ -370,9 +380,27 @@ def merge_upsert_sql(table: str, values: str) -> str:
     )
 
 
-def backfill_sql(table: str) -> list[str]:
-    """Statements that build every rollup row of a narrow table from scratch (migration 2)."""
-    return [_upsert(table, _level_select(table, i, "true")) for i in range(len(ROLLUP_SHIFTS))]
+def backfill_sql(table: str, nf: bool = True) -> list[str]:
+    """Statements that build every rollup row of a narrow table from scratch.
+
+    Migration 2 ran them with ``nf=False`` (its table has no finite count);
+    migration 4 runs them again to fill the ``nf`` column it adds.
+    """
+    columns = ROLLUP_COLUMNS if nf else _V2_COLUMNS
+    return [
+        _upsert(table, _level_select(table, i, "true", nf), columns)
+        for i in range(len(ROLLUP_SHIFTS))
+    ]
+
+
+def add_nf_sql(table: str, sqlite: bool) -> str:
+    """ALTER TABLE adding the finite count to a rollup table (migration 4).
+
+    The default only lets the column be added to existing rows; the backfill
+    that follows in the same migration overwrites every row.
+    """
+    kind = "INTEGER" if sqlite else "BIGINT"
+    return f"ALTER TABLE {rollup_table(table)} ADD COLUMN nf {kind} NOT NULL DEFAULT 0"
 
 
 def rollup_schema(table: str, sqlite: bool) -> str:
@@ -498,9 +526,11 @@ def _rollup_history(
     range of the queried key's points only when both keys hold points at the
     same steps with a finite x at each. The blocks cannot show the steps
     inside, so the test is per block: the same count, lowest and highest step
-    (two keys of one ``log()`` call always pass), plus no non-finite x point
-    in range. A queried block with no x block at all is left out, as the
-    exact path leaves out its points (they have no x).
+    (two keys of one ``log()`` call always pass), and for a block used whole,
+    every x finite (the x block's ``nf`` equals its ``n``; an edge block's
+    points come raw, so a non-finite x there drops out as on the exact path).
+    A queried block with no x block at all is left out, as the exact path
+    leaves out its points (they have no x).
     """
     is_step = x_name == "step"
     is_metric = x_name == "metric"
@@ -511,9 +541,11 @@ def _rollup_history(
         """The FROM clause: ``y`` blocks, for a metric with their x block's range.
 
         ``xlo``/``xhi`` are NULL where the x block covers other steps (or no
-        finite x); blocks with no x block at all are left out. Scalar lookups
-        rather than a join (PostgreSQL turns EXISTS into one too), so no plan
-        can scan the x side, analyzed or not.
+        finite x); ``xnf`` is the x block's count of finite values; blocks
+        with no x block at all are left out. Scalar lookups rather than a join
+        (PostgreSQL turns EXISTS into one too), so no plan can scan the x
+        side, analyzed or not; a query that does not name ``xnf`` does not
+        run its lookup.
         """
         if not is_metric:
             return f"{roll} y"
@@ -526,7 +558,8 @@ def _rollup_history(
         return (
             "(SELECT r.run, r.key, r.level, r.block, r.n, r.smin, r.smax, r.vmin, r.vmax, "
             f"r.fstep, r.lstep, (SELECT x.vmin {at} {same}) AS xlo, "
-            f"(SELECT x.vmax {at} {same}) AS xhi FROM {roll} r WHERE (SELECT 1 {at}) = 1) y"
+            f"(SELECT x.vmax {at} {same}) AS xhi, (SELECT x.nf {at}) AS xnf "
+            f"FROM {roll} r WHERE (SELECT 1 {at}) = 1) y"
         )
 
     # The bounds the exact path filters with (history_sql), so both agree on
@@ -538,6 +571,14 @@ def _rollup_history(
     if x_max is not None:
         f_hi = math.floor(x_max) if is_step else float(x_max)
 
+    def reaches(col: str, op: str, p: str) -> str:
+        """``col op p``; for a metric, also true where the x range is unknown (NULL).
+
+        Such a block must stay in the query so that it sends it to the exact
+        path: dropping it would drop its points in range.
+        """
+        return f"({col} IS NULL OR {col} {op} {p})" if is_metric else f"{col} {op} {p}"
+
     # The coarsest blocks overlapping the range: (n, smin, smax, x lo, x hi).
     params: list[Any] = []
     sql = f"SELECT y.n, y.smin, y.smax, {xlo_col}, {xhi_col} FROM {source(params)} "
@@ -546,9 +587,9 @@ def _rollup_history(
         f"AND y.level = {d.param(params, ROLLUP_SHIFTS[-1])}"
     )
     if f_lo is not None:
-        sql += f" AND {xhi_col} >= {d.param(params, f_lo)}"
+        sql += f" AND {reaches(xhi_col, '>=', d.param(params, f_lo))}"
     if f_hi is not None:
-        sql += f" AND {xlo_col} <= {d.param(params, f_hi)}"
+        sql += f" AND {reaches(xlo_col, '<=', d.param(params, f_hi))}"
     top = yield sql + " ORDER BY y.block", params
     if not top:
         return _EMPTY
@@ -585,11 +626,11 @@ def _rollup_history(
         inside = []
         if f_lo is not None:
             p = d.param(params, f_lo)
-            overlap += f" AND {xhi_col} >= {p}"
+            overlap += f" AND {reaches(xhi_col, '>=', p)}"
             inside.append(f"{xlo_col} >= {p}")
         if f_hi is not None:
             p = d.param(params, f_hi)
-            overlap += f" AND {xlo_col} <= {p}"
+            overlap += f" AND {reaches(xlo_col, '<=', p)}"
             inside.append(f"{xhi_col} <= {p}")
         return overlap, " AND ".join(inside) or "1 = 1"
 
@@ -599,7 +640,10 @@ def _rollup_history(
         # raw), and for x other than the step, any block whose x range starts
         # at or below the end of the one before: then blocks cannot make
         # contiguous buckets; for a metric, also any x block that does not
-        # cover the same steps. Past two such rows the answer is the exact path.
+        # cover the same steps, and any block used whole whose x block holds
+        # a non-finite value (that step drops out of the series, and blocks
+        # cannot tell which it is). Past two such rows the answer is the
+        # exact path.
         params = []
         src = source(params)
         overlap, inside = where(params)
@@ -607,7 +651,7 @@ def _rollup_history(
         if not is_step:
             bad = f"{xlo_col} <= LAG({xhi_col}) OVER (ORDER BY y.block)"
             if is_metric:
-                bad += f" OR {xlo_col} IS NULL"
+                bad += f" OR {xlo_col} IS NULL OR (y.xnf < y.n AND {inside})"
             bad = f"CASE WHEN {bad} THEN 1 ELSE 0 END"
         odd = yield (
             f"SELECT block, inside, bad FROM (SELECT y.block AS block, {bad} AS bad, "
@@ -618,19 +662,6 @@ def _rollup_history(
         if len(odd) > 2 or any(r[2] for r in odd):
             return _FALLBACK
         edges = [int(r[0]) for r in odd]
-    if is_metric:
-        # A non-finite x drops its step from the series; blocks cannot tell
-        # where one is, so any in range sends the query to the exact path.
-        # This reads the x key's points in range (a scan of its primary key).
-        params = []
-        nonfinite = yield (
-            f"SELECT 1 FROM {table} WHERE run = {d.param(params, rid)} "
-            f"AND key = {d.param(params, xkid)} AND step >= {d.param(params, s_lo)} "
-            f"AND step <= {d.param(params, s_hi)} AND value IS NULL LIMIT 1",
-            params,
-        )
-        if nonfinite:
-            return _FALLBACK
     params = []
     src = source(params)
     overlap, inside = where(params)

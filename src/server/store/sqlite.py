@@ -477,7 +477,7 @@ class SqliteStore:
         if appends:
             # Merge the batch's own block aggregates into the stored blocks.
             conn.executemany(
-                merge_upsert_sql(u.table, f"VALUES ({','.join('?' * 17)})"),
+                merge_upsert_sql(u.table, f"VALUES ({','.join('?' * 18)})"),
                 [
                     (rid, ids[k], shift, b, *a)
                     for shift, level in zip(ROLLUP_SHIFTS, batch_blocks(u.points), strict=True)
