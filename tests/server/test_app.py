@@ -17,6 +17,7 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp.test_utils import TestServer
+from apiclient import request, row
 from yarl import URL
 
 from pipeline import jsoncodec
@@ -53,16 +54,10 @@ class Srv:
     async def req(
         self, method: str, path: str, key: str | None = "admin", **kw: Any
     ) -> tuple[int, Any]:
-        headers = dict(kw.pop("headers", {}))
-        if key is not None:
-            headers["Authorization"] = f"Bearer {getattr(self, key)}"
-        if "json" in kw:
-            kw["data"] = jsoncodec.dumps(kw.pop("json"))
-            headers["Content-Type"] = "application/json"
-        async with self.session.request(method, self.url(path), headers=headers, **kw) as r:
-            raw = await r.read()
-            ctype = r.headers.get("Content-Type", "")
-            return r.status, jsoncodec.loads(raw) if "json" in ctype else raw
+        secret = None if key is None else getattr(self, key)
+        r, raw = await request(self.session, self.base, method, path, secret, **kw)
+        ctype = r.headers.get("Content-Type", "")
+        return r.status, jsoncodec.loads(raw) if "json" in ctype else raw
 
 
 LIMITS = Limits(max_body_bytes=64 * 1024, max_batch_events=500, max_file_bytes=4096)
@@ -94,10 +89,6 @@ async def srv(store: Store, tmp_path: Path) -> AsyncIterator[Srv]:
     finally:
         await session.close()
         await server.close()
-
-
-def row(seq: int, step: int, data: dict[str, Any]) -> list[Any]:
-    return ["row", seq, 1000.0 + step, {"step": step, "runtime": float(step), "data": data}]
 
 
 RUNS = f"/api/v1/projects/{P}/runs"

@@ -17,6 +17,7 @@ import aiohttp
 import orjson
 import pytest
 from aiohttp.test_utils import TestServer
+from apiclient import request
 
 from server.app import KEYS_KEY, make_app
 from server.auth import (
@@ -223,15 +224,11 @@ class Client:
     async def req(
         self, method: str, path: str, key: str | None, **kw: Any
     ) -> tuple[int, Any, aiohttp.ClientResponse]:
-        headers = dict(kw.pop("headers", {}))
-        if key is not None:
-            headers["Authorization"] = f"Bearer {key}"
-        async with self.session.request(
-            method, self.base + path, headers=headers, allow_redirects=False, **kw
-        ) as r:
-            raw = await r.read()
-            is_json = "json" in r.headers.get("Content-Type", "")
-            return r.status, orjson.loads(raw) if is_json else raw, r
+        r, raw = await request(
+            self.session, self.base, method, path, key, allow_redirects=False, **kw
+        )
+        is_json = "json" in r.headers.get("Content-Type", "")
+        return r.status, orjson.loads(raw) if is_json else raw, r
 
 
 @pytest.fixture

@@ -15,7 +15,7 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp.test_utils import TestServer
-from yarl import URL
+from apiclient import request, row
 
 from pipeline import jsoncodec
 from server import ui, ui_vendor
@@ -42,19 +42,12 @@ class Client:
         self, method: str, path: str, key: str | None = "admin", raw: bool = False, **kw: Any
     ) -> tuple[int, Any, Any]:
         """(status, body, headers); the body is decoded JSON unless ``raw`` or compressed."""
-        headers = dict(kw.pop("headers", {}))
-        if key is not None:
-            headers["Authorization"] = f"Bearer {getattr(self, key)}"
-        if "json" in kw:
-            kw["data"] = jsoncodec.dumps(kw.pop("json"))
-            headers["Content-Type"] = "application/json"
-        url = URL(self.base + path, encoded=True)  # sent byte for byte, '..' included
-        async with self.session.request(method, url, headers=headers, **kw) as r:
-            data = await r.read()
-            decode = r.headers.get("Content-Type", "").startswith("application/json")
-            if raw or "Content-Encoding" in r.headers or not decode:
-                return r.status, data, r.headers
-            return r.status, jsoncodec.loads(data), r.headers
+        secret = None if key is None else getattr(self, key)
+        r, data = await request(self.session, self.base, method, path, secret, **kw)
+        decode = r.headers.get("Content-Type", "").startswith("application/json")
+        if raw or "Content-Encoding" in r.headers or not decode:
+            return r.status, data, r.headers
+        return r.status, jsoncodec.loads(data), r.headers
 
 
 @pytest.fixture
@@ -74,10 +67,6 @@ async def client(store_factory: StoreFactory, tmp_path: Path) -> AsyncIterator[C
     finally:
         await session.close()
         await server.close()
-
-
-def row(seq: int, step: int, data: dict[str, Any]) -> list[Any]:
-    return ["row", seq, 1000.0 + step, {"step": step, "runtime": float(step), "data": data}]
 
 
 def image(step: int) -> dict[str, Any]:
