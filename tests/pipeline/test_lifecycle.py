@@ -4,31 +4,20 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
+from child import run_python
 
 import pipeline
 from pipeline import events as ev
 from pipeline.testing import MemorySink
 
-SRC = str(Path(__file__).resolve().parents[2] / "src")
-
 
 def _python(code: str, runs: Path, *, extra_path: str = "") -> subprocess.CompletedProcess[str]:
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (SRC, extra_path) if p))
-    env["RUNBUS_QUIET"] = "1"
-    return subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(code), str(runs)],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    return run_python(code, str(runs), extra_path=extra_path)
 
 
 def test_a_program_that_never_calls_finish_exits_and_its_run_is_finished(tmp_path: Path) -> None:

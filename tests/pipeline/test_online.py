@@ -14,12 +14,12 @@ import signal
 import stat
 import subprocess
 import sys
-import textwrap
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
+from child import run_python
 from loopback import PROJECT as P
 from loopback import QUIET, LoopbackServer, online_run, wait_until
 
@@ -27,8 +27,6 @@ import pipeline
 from pipeline.api import Api
 from pipeline.sync import login_main, resolve_credentials, sync_main
 from pipeline.uploader import Uploader, UploadError
-
-SRC = str(Path(__file__).resolve().parents[2] / "src")
 
 
 def _steps(api: Api, run_id: str, key: str = "loss") -> list[int]:
@@ -316,8 +314,7 @@ def test_a_script_that_never_calls_finish_uploads_everything_at_exit(
 ) -> None:
     # finish() then runs from atexit, after the interpreter stopped starting
     # worker threads: the upload must still complete and close cleanly.
-    code = textwrap.dedent(
-        """
+    code = """
         import sys, pipeline
         run = pipeline.init(project=sys.argv[1], dir=sys.argv[2], mode="online",
                             server=sys.argv[3], api_key=sys.argv[4], settings={"quiet": True})
@@ -325,15 +322,13 @@ def test_a_script_that_never_calls_finish_uploads_everything_at_exit(
             run.log({"loss": float(i)})
         print(run.id)
         """
-    )
-    env = dict(os.environ, PYTHONPATH=SRC, RUNBUS_CONFIG_DIR=str(tmp_path / "config"))
-    done = subprocess.run(
-        [sys.executable, "-c", code, P, str(tmp_path / "runs"), srv.url, srv.key],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
+    done = run_python(
+        code,
+        P,
+        str(tmp_path / "runs"),
+        srv.url,
+        srv.key,
+        env={"RUNBUS_CONFIG_DIR": str(tmp_path / "config")},
     )
     assert done.returncode == 0, done.stderr
     assert "failed to close" not in done.stderr
