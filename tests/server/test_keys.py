@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import urllib.parse
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -379,7 +380,10 @@ async def test_a_refused_database_is_one_line_naming_it(
 ) -> None:
     conn, dsn = await pg_connect()  # the server is up: only the database name is wrong
     await conn.close()
-    url = dsn.rsplit("/", 1)[0] + "/runbus_no_such_database"
+    # A password in the URL (trust auth ignores it) must not reach the message.
+    parts = urllib.parse.urlsplit(dsn)
+    host = parts.netloc.rsplit("@", 1)[-1]
+    url = f"{parts.scheme}://{parts.username}:s3cret-pw@{host}/runbus_no_such_database"
     code = await asyncio.to_thread(server_main, ["keys", "list", "--db", url])
     err = capsys.readouterr().err
     assert code == 1
@@ -387,3 +391,5 @@ async def test_a_refused_database_is_one_line_naming_it(
     assert "Traceback" not in err
     assert '"runbus_no_such_database" does not exist' in err
     assert "check the --db URL" in err
+    assert "s3cret-pw" not in err
+    assert f"{parts.username}:***@" in err
